@@ -1,0 +1,92 @@
+//! The API's errors. Each variant's doc names its HTTP status. Every error body is JSON
+//! `{"error": "..."}`; database and unexpected errors answer 500 with the detail logged, never
+//! sent to the client.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::broker::publisher::PublishError;
+use crate::domain::InvalidInput;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 4xx chosen by the request's own fault (bad JSON, bad path, body too large, ...).
+    #[error("{message}")]
+    Client { status: StatusCode, message: String },
+    /// 400: the input parsed but breaks a rule.
+    #[error(transparent)]
+    Invalid(#[from] InvalidInput),
+    /// 401: the admin token is missing or wrong.
+    #[error("a valid admin bearer token is required")]
+    Unauthorized,
+    /// 404
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 503: the broker did not take the request; retrying with the same request_id is safe.
+    #[error("the request was not accepted: {0}; retry with the same request_id")]
+    Unavailable(String),
+    /// 500, detail logged only.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// 500, detail logged only.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn client(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Client { status, .. } => *status,
+            ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<PublishError> for ApiError {
+    fn from(e: PublishError) -> Self {
+        ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = match &self {
+            ApiError::Database(sqlx::Error::PoolTimedOut) => {
+                tracing::warn!("database pool exhausted or database down");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Json(json!({ "error": "the database is unavailable; retry later" })),
+                )
+                    .into_response();
+            }
+            ApiError::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                "internal error".to_string()
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                "internal error".to_string()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "request refused: dependency unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}

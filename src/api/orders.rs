@@ -1,0 +1,116 @@
+//! `POST /orders` and `GET /orders/{request_id}`: the producer side of the queue path.
+
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::{Json, Path, Query};
+use crate::domain::{ItemId, OrderRequest, Outcome, validate_user_id};
+use crate::store::{self, RequestState};
+
+/// Longest `?wait=` honoured, in milliseconds.
+pub const WAIT_MS_MAX: u64 = 30_000;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewOrder {
+    pub item_id: ItemId,
+    pub user_id: String,
+    /// Idempotency key; generated when absent.
+    pub request_id: Option<Uuid>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct OrderParams {
+    /// Milliseconds to wait for the decision before answering `202`.
+    pub wait: Option<u64>,
+}
+
+/// The body of every order answer: `{"request_id", "status", "order_id"?}`.
+#[derive(Debug, Serialize)]
+pub struct OrderStatus {
+    pub request_id: Uuid,
+    pub status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<Uuid>,
+}
+
+impl OrderStatus {
+    fn pending(request_id: Uuid) -> Self {
+        Self {
+            request_id,
+            status: "pending",
+            order_id: None,
+        }
+    }
+}
+
+impl From<Outcome> for OrderStatus {
+    fn from(o: Outcome) -> Self {
+        Self {
+            request_id: o.request_id,
+            status: o.status.as_str(),
+            order_id: o.order_id,
+        }
+    }
+}
+
+/// `POST /orders[?wait=ms]`: checks the item, records and publishes the request (202 only once
+/// the broker confirmed it), and with `wait` answers 200 with the decision if it comes in time.
+pub async fn create(
+    State(state): State<AppState>,
+    Query(params): Query<OrderParams>,
+    Json(new): Json<NewOrder>,
+) -> Result<Response, ApiError> {
+    validate_user_id(&new.user_id)?;
+    if !state.item_exists(new.item_id).await? {
+        return Err(ApiError::NotFound("item"));
+    }
+    let request = OrderRequest {
+        request_id: new.request_id.unwrap_or_else(Uuid::new_v4),
+        item_id: new.item_id,
+        user_id: new.user_id,
+    };
+    let wait = params
+        .wait
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms.min(WAIT_MS_MAX)));
+    // Registered before publishing, so even an instant reply finds its waiter.
+    let waiter = wait.map(|_| state.publisher.wait_for(request.request_id));
+
+    let (recorded, published) = tokio::join!(
+        state.accepted.record(request.clone()),
+        state.publisher.publish(&request, waiter.is_some()),
+    );
+    published?;
+    recorded.map_err(ApiError::Unavailable)?;
+
+    if let (Some(waiter), Some(wait)) = (waiter, wait) {
+        if let Some(outcome) = waiter.recv(wait).await {
+            return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+        }
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(OrderStatus::pending(request.request_id)),
+    )
+        .into_response())
+}
+
+/// `GET /orders/{request_id}`: the decision, `pending`, or 404 for an id never accepted.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(request_id): Path<Uuid>,
+) -> Result<axum::Json<OrderStatus>, ApiError> {
+    match store::request_state(&state.pool, request_id).await? {
+        RequestState::Decided(outcome) => Ok(axum::Json(outcome.into())),
+        RequestState::Pending => Ok(axum::Json(OrderStatus::pending(request_id))),
+        RequestState::Unknown => Err(ApiError::NotFound("request")),
+    }
+}

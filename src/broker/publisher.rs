@@ -1,0 +1,234 @@
+//! The API's side of the broker: publishes purchase requests with publisher confirms (so `202`
+//! means "the broker has it"), and receives decisions through RabbitMQ's direct reply-to, so a
+//! client asking `?wait=` is answered without any polling of the database.
+//!
+//! Direct reply-to is consumed on the same channel that publishes. Replies are at-most-once: a
+//! waiter that gets none falls back to `202 pending`, and the client to `GET /orders/{id}`.
+//! The channel is re-opened lazily after a broker outage, at most once per `RECONNECT_PAUSE`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Confirmation, Connection};
+use tokio::sync::oneshot;
+use uuid::Uuid;
+
+use super::message::{self, DIRECT_REPLY_TO};
+use super::topology::Topology;
+use crate::domain::{OrderRequest, Outcome};
+
+/// Shortest pause between two attempts to reconnect, so an outage costs each request a fast 503
+/// rather than a connection attempt.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The broker could not be reached, or the channel broke before confirming.
+    #[error("the broker is unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the message (nack): typically its partition queue is full.
+    #[error("the broker refused the request (queue full or overloaded)")]
+    Refused,
+    /// No queue is bound for the partition (the topology is missing).
+    #[error("no queue is bound for this item's partition")]
+    Unroutable,
+}
+
+/// Clients waiting for the decision of a request id (several may wait on the same id).
+type Waiters = Mutex<HashMap<Uuid, Vec<oneshot::Sender<Outcome>>>>;
+
+struct Link {
+    /// Kept so the connection lives as long as the channel.
+    _connection: Connection,
+    channel: Channel,
+}
+
+pub struct Publisher {
+    amqp_url: String,
+    topology: Topology,
+    link: tokio::sync::RwLock<Option<Link>>,
+    /// When the last failed reconnect happened, to pace the next one.
+    last_failure: Mutex<Option<Instant>>,
+    waiters: Arc<Waiters>,
+}
+
+impl Publisher {
+    /// Connects and declares the topology; fails if the broker is unreachable at start-up.
+    pub async fn connect(amqp_url: &str, topology: Topology) -> anyhow::Result<Self> {
+        let publisher = Self {
+            amqp_url: amqp_url.to_owned(),
+            topology,
+            link: tokio::sync::RwLock::new(None),
+            last_failure: Mutex::new(None),
+            waiters: Arc::default(),
+        };
+        let link = publisher.open_link().await?;
+        *publisher.link.write().await = Some(link);
+        Ok(publisher)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// True when the broker connection is up (for `/healthz`).
+    pub async fn is_connected(&self) -> bool {
+        matches!(&*self.link.read().await, Some(link) if link.channel.status().connected())
+    }
+
+    /// Publishes one request and waits for the broker's confirm. With `reply` the consumer will
+    /// send the decision back; receive it with the [`Waiter`] from [`Publisher::wait_for`],
+    /// registered *before* publishing so a fast reply cannot be missed.
+    pub async fn publish(&self, request: &OrderRequest, reply: bool) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let partition = self.topology.partition_of(request.item_id);
+        let props = message::request_properties(request, reply.then_some(DIRECT_REPLY_TO));
+        let confirm = channel
+            .basic_publish(
+                self.topology.orders_exchange().into(),
+                self.topology.routing_key(partition).into(),
+                // mandatory: an unroutable message comes back instead of vanishing.
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &message::encode(request),
+                props,
+            )
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(None)) => Ok(()),
+            Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
+            Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
+            Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
+            Err(e) => Err(PublishError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Registers interest in a request's decision.
+    pub fn wait_for(&self, request_id: Uuid) -> Waiter {
+        let (tx, rx) = oneshot::channel();
+        self.waiters
+            .lock()
+            .expect("waiters lock")
+            .entry(request_id)
+            .or_default()
+            .push(tx);
+        Waiter {
+            request_id,
+            rx: Some(rx),
+            waiters: Arc::clone(&self.waiters),
+        }
+    }
+
+    /// The current channel, re-opened if the broker went away.
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        if let Some(link) = &*self.link.read().await {
+            if link.channel.status().connected() {
+                return Ok(link.channel.clone());
+            }
+        }
+        let mut slot = self.link.write().await;
+        if let Some(link) = &*slot {
+            if link.channel.status().connected() {
+                return Ok(link.channel.clone());
+            }
+        }
+        {
+            let last = self.last_failure.lock().expect("last_failure lock");
+            if last.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
+                return Err(PublishError::Unavailable("reconnecting".into()));
+            }
+        }
+        match self.open_link().await {
+            Ok(link) => {
+                tracing::info!("publisher reconnected to the broker");
+                let channel = link.channel.clone();
+                *slot = Some(link);
+                Ok(channel)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publisher cannot reconnect to the broker");
+                *self.last_failure.lock().expect("last_failure lock") = Some(Instant::now());
+                Err(PublishError::Unavailable(e.to_string()))
+            }
+        }
+    }
+
+    async fn open_link(&self) -> anyhow::Result<Link> {
+        let connection = super::connect(&self.amqp_url, "seckill-api").await?;
+        let channel = connection.create_channel().await?;
+        self.topology.declare(&channel).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                "seckill-api-replies".into(),
+                // Direct reply-to is always consumed without acks.
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        tokio::spawn(dispatch_replies(replies, Arc::clone(&self.waiters)));
+        Ok(Link {
+            _connection: connection,
+            channel,
+        })
+    }
+}
+
+/// Hands each reply to the clients waiting for it; ends when the channel closes.
+async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Arc<Waiters>) {
+    while let Some(Ok(delivery)) = replies.next().await {
+        let Some(outcome) = message::decode_reply(&delivery.data) else {
+            tracing::warn!("ignoring an undecodable reply");
+            continue;
+        };
+        let senders = waiters
+            .lock()
+            .expect("waiters lock")
+            .remove(&outcome.request_id);
+        for tx in senders.into_iter().flatten() {
+            let _ = tx.send(outcome);
+        }
+    }
+    tracing::debug!("reply consumer ended");
+}
+
+/// A client's interest in one decision. Dropping it withdraws the interest.
+pub struct Waiter {
+    request_id: Uuid,
+    rx: Option<oneshot::Receiver<Outcome>>,
+    waiters: Arc<Waiters>,
+}
+
+impl Waiter {
+    /// The decision, if it arrives within `timeout`.
+    pub async fn recv(mut self, timeout: Duration) -> Option<Outcome> {
+        let rx = self.rx.take()?;
+        tokio::time::timeout(timeout, rx).await.ok()?.ok()
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        drop(self.rx.take());
+        let mut waiters = self.waiters.lock().expect("waiters lock");
+        if let Some(senders) = waiters.get_mut(&self.request_id) {
+            senders.retain(|tx| !tx.is_closed());
+            if senders.is_empty() {
+                waiters.remove(&self.request_id);
+            }
+        }
+    }
+}

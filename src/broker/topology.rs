@@ -1,0 +1,205 @@
+//! Names and declarations of everything seckill keeps on the broker. Producers and consumers
+//! both declare it (declaring is idempotent), so either may start first.
+//!
+//! ```text
+//! {prefix}.orders (direct exchange) --"<n>"--> {prefix}.orders.p<n>   n = item_id mod partitions
+//! {prefix}.dead   (fanout exchange) ---------> {prefix}.dead           rejected/undecodable messages
+//! ```
+
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::config::BrokerArgs;
+use crate::domain::ItemId;
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    prefix: String,
+    partitions: u16,
+    queue_length_max: u32,
+}
+
+impl Topology {
+    pub fn new(args: &BrokerArgs) -> Self {
+        Self {
+            prefix: args.queue_prefix.clone(),
+            partitions: args.partitions,
+            queue_length_max: args.queue_length_max,
+        }
+    }
+
+    pub fn partitions(&self) -> u16 {
+        self.partitions
+    }
+
+    /// The partition an item always lands on. Plain modulo, so a producer in any language can
+    /// compute it.
+    pub fn partition_of(&self, item_id: ItemId) -> u16 {
+        item_id.rem_euclid(i64::from(self.partitions)) as u16
+    }
+
+    pub fn orders_exchange(&self) -> String {
+        format!("{}.orders", self.prefix)
+    }
+
+    /// Routing key of a partition on the orders exchange.
+    pub fn routing_key(&self, partition: u16) -> String {
+        partition.to_string()
+    }
+
+    pub fn partition_queue(&self, partition: u16) -> String {
+        format!("{}.orders.p{partition}", self.prefix)
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    /// Declares exchanges and queues (idempotent). Every option is spelled out on purpose.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable_exchange = ExchangeDeclareOptions {
+            durable: true, // survives a broker restart
+            ..ExchangeDeclareOptions::default()
+        };
+        let durable_queue = QueueDeclareOptions {
+            durable: true,      // the queue survives a broker restart (messages are persistent)
+            exclusive: false,   // several daemons consume it: one active, the others standby
+            auto_delete: false, // a queue of accepted requests must outlive its consumers
+            ..QueueDeclareOptions::default()
+        };
+
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().into(),
+                ExchangeKind::Fanout,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_declare(
+                self.dead_letter_queue().into(),
+                durable_queue,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.dead_letter_queue().into(),
+                self.dead_letter_exchange().into(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+
+        channel
+            .exchange_declare(
+                self.orders_exchange().into(),
+                ExchangeKind::Direct,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        for partition in 0..self.partitions {
+            channel
+                .queue_declare(
+                    self.partition_queue(partition).into(),
+                    durable_queue,
+                    self.partition_queue_arguments(),
+                )
+                .await?;
+            channel
+                .queue_bind(
+                    self.partition_queue(partition).into(),
+                    self.orders_exchange().into(),
+                    self.routing_key(partition).into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn partition_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        // One consumer at a time reads the queue, in order: this is what serializes an item.
+        args.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        // A bounded queue that refuses new publishes when full (the API answers 503) instead of
+        // dropping its head — the earliest buyers.
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongUInt(self.queue_length_max),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        // Anything the broker itself dead-letters goes where operators already look.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange().into()),
+        );
+        args
+    }
+
+    /// Removes everything `declare` made, messages included (tests and `--cleanup` use it).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for partition in 0..self.partitions {
+            channel
+                .queue_delete(
+                    self.partition_queue(partition).into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await?;
+        }
+        channel
+            .queue_delete(
+                self.dead_letter_queue().into(),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
+        for exchange in [self.orders_exchange(), self.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn topology(partitions: u16) -> Topology {
+        Topology {
+            prefix: "t".into(),
+            partitions,
+            queue_length_max: 10,
+        }
+    }
+
+    #[test]
+    fn an_item_always_lands_on_the_same_partition_and_all_partitions_are_used() {
+        let t = topology(8);
+        let mut seen = [0u32; 8];
+        for item in 1..=800 {
+            let p = t.partition_of(item);
+            assert_eq!(p, t.partition_of(item));
+            seen[p as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n == 100), "{seen:?}");
+        assert_eq!(t.partition_of(-3), 5, "negative ids still map into range");
+        assert_eq!(t.partition_queue(3), "t.orders.p3");
+    }
+}

@@ -1,0 +1,245 @@
+//! One partition's loop: take a batch of deliveries, decide it in memory in delivery order,
+//! commit every decision in one transaction, and only then ack and reply.
+//!
+//! ```text
+//!   deliveries ─► batch (≤ batch_size_max, ≤ linger) ─► decode ─► stored outcomes? ─► Sequencer
+//!        ▲                                                                              │
+//!        └─ ack(multiple, last tag) ◄─ dead letters confirmed ◄─ COMMIT (one fsync) ◄───┘
+//!                      └─► replies (direct reply-to)
+//! ```
+//!
+//! Why this order is crash-safe: a kill before the commit leaves nothing written and the
+//! deliveries unacked, so the broker redelivers them and they are decided afresh. A kill after
+//! the commit but before the ack redelivers requests whose outcomes are stored: the batch lookup
+//! finds them and answers them from the store instead of deciding again. The group commit is
+//! what makes it fast: one fsync for hundreds of decisions instead of one per request.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::try_join_all;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::Context;
+use super::sequencer::Sequencer;
+use crate::broker::message;
+use crate::domain::{ItemId, OrderRequest, Outcome};
+use crate::store;
+
+/// Path name recorded with the outcomes this consumer decides.
+pub const PATH: &str = "queue";
+
+pub(crate) async fn run(
+    context: Arc<Context>,
+    channel: Channel,
+    partition: u16,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let queue = context.topology.partition_queue(partition);
+    // Per-consumer prefetch: enough unacked deliveries in flight to fill the next batch while
+    // this one commits.
+    channel
+        .basic_qos(context.args.prefetch, BasicQosOptions { global: false })
+        .await?;
+    let mut deliveries = channel
+        .basic_consume(
+            queue.clone().into(),
+            format!("seckill-{}-p{partition}", std::process::id()).into(),
+            BasicConsumeOptions {
+                no_ack: false,    // ack only after the decisions are committed
+                exclusive: false, // single-active-consumer picks the active one, not exclusivity
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut sequencer = Sequencer::new();
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            next = deliveries.next() => next,
+        };
+        let mut batch = vec![next_delivery(first, &queue)?];
+        let deadline = tokio::time::Instant::now() + context.args.batch_linger();
+        while batch.len() < usize::from(context.args.batch_size_max) {
+            match tokio::time::timeout_at(deadline, deliveries.next()).await {
+                Ok(next) => batch.push(next_delivery(next, &queue)?),
+                Err(_linger_over) => break,
+            }
+        }
+        process_batch(&context, &channel, &mut sequencer, batch, &shutdown).await?;
+    }
+}
+
+fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::Result<Delivery> {
+    match next {
+        Some(Ok(delivery)) => Ok(delivery),
+        Some(Err(e)) => Err(anyhow::anyhow!("consuming {queue}: {e}")),
+        None => Err(anyhow::anyhow!(
+            "the broker cancelled the consumer of {queue}"
+        )),
+    }
+}
+
+async fn process_batch(
+    context: &Context,
+    channel: &Channel,
+    sequencer: &mut Sequencer,
+    batch: Vec<Delivery>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let last_tag = batch.last().expect("a batch is never empty").delivery_tag;
+    let redelivered = batch.iter().filter(|d| d.redelivered).count();
+    // Decodable requests, each with the index of its delivery; the rest are dead-lettered.
+    let mut pending: Vec<(usize, OrderRequest)> = Vec::with_capacity(batch.len());
+    let mut rejects: Vec<(usize, String)> = Vec::new();
+    for (index, delivery) in batch.iter().enumerate() {
+        match message::decode(&delivery.properties, &delivery.data) {
+            Ok(request) => pending.push((index, request)),
+            Err(reason) => rejects.push((index, reason.0)),
+        }
+    }
+
+    // Decide and commit; if the database fails, forget what was decided in memory and redo
+    // the whole batch from the database's state. Nothing is acked until this succeeds.
+    let mut attempt = 0;
+    let (answers, unknown_items) = loop {
+        match decide_and_commit(&context.pool, sequencer, &pending).await {
+            Ok(done) => break done,
+            Err(e) => {
+                sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
+                let pause = crate::backoff::delay(
+                    attempt,
+                    Duration::from_millis(50),
+                    Duration::from_secs(5),
+                );
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, retry_in_ms = pause.as_millis() as u64,
+                    "cannot commit a batch; it stays unacked and will be decided again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => anyhow::bail!(
+                        "stopped with an uncommitted batch (the broker will redeliver it)"),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    };
+    let commit_ms = started.elapsed().as_millis() as u64;
+
+    let (decided, unknown): (Vec<_>, Vec<_>) = pending
+        .iter()
+        .partition(|(_, r)| !unknown_items.contains(&r.item_id));
+    for (index, request) in unknown {
+        rejects.push((*index, format!("unknown item {}", request.item_id)));
+    }
+    dead_letter(context, &batch, &rejects).await?;
+
+    // Acks every delivery up to the last one: all are committed or safely dead-lettered.
+    channel
+        .basic_ack(last_tag, BasicAckOptions { multiple: true })
+        .await?;
+
+    let mut replied = 0;
+    for ((index, _), outcome) in decided.iter().zip(&answers) {
+        let Some(reply_to) = batch[*index].properties.reply_to() else {
+            continue;
+        };
+        // At-most-once by design: a lost reply costs the client a GET, never a decision.
+        let props = BasicProperties::default()
+            .with_content_type(message::CONTENT_TYPE_JSON.into())
+            .with_correlation_id(outcome.request_id.to_string().into());
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                reply_to.clone(),
+                BasicPublishOptions::default(),
+                &message::encode_reply(outcome),
+                props,
+            )
+            .await;
+        replied += usize::from(sent.is_ok());
+    }
+    tracing::debug!(
+        size = batch.len(),
+        decided = answers.len(),
+        dead_lettered = rejects.len(),
+        redelivered,
+        replied,
+        commit_ms,
+        "batch committed"
+    );
+    Ok(())
+}
+
+/// Copies undecidable messages to the dead-letter exchange with the reason, and waits for the
+/// broker to confirm every copy (only then may the originals be acked).
+async fn dead_letter(
+    context: &Context,
+    batch: &[Delivery],
+    rejects: &[(usize, String)],
+) -> anyhow::Result<()> {
+    let exchange = context.topology.dead_letter_exchange();
+    let publishes = rejects.iter().map(|(index, reason)| {
+        let delivery = &batch[*index];
+        tracing::warn!(%reason, queue = %delivery.routing_key, "dead-lettering a message");
+        let props = message::dead_letter_properties(&delivery.properties, reason);
+        let exchange = exchange.clone();
+        async move {
+            let confirm = context
+                .dead_letters
+                .basic_publish(
+                    exchange.into(),
+                    "".into(),
+                    BasicPublishOptions::default(),
+                    &delivery.data,
+                    props,
+                )
+                .await?
+                .await?;
+            match confirm {
+                Confirmation::Ack(_) => Ok(()),
+                _ => Err(anyhow::anyhow!("the broker refused a dead letter")),
+            }
+        }
+    });
+    try_join_all(publishes).await?;
+    Ok(())
+}
+
+/// Loads what the sequencer needs, decides, and commits. Returns one answer per request of a
+/// known item (in order) and the items that do not exist.
+async fn decide_and_commit(
+    pool: &sqlx::PgPool,
+    sequencer: &mut Sequencer,
+    pending: &[(usize, OrderRequest)],
+) -> Result<(Vec<Outcome>, Vec<ItemId>), sqlx::Error> {
+    let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
+    let stored: HashMap<Uuid, Outcome> = store::stored_outcomes(pool, &ids).await?;
+    let mut unknown = Vec::new();
+    for (_, request) in pending {
+        let item_id = request.item_id;
+        if sequencer.knows(item_id) || unknown.contains(&item_id) {
+            continue;
+        }
+        match store::load_item_state(pool, item_id).await? {
+            Some(state) => sequencer.insert(item_id, state),
+            None => unknown.push(item_id),
+        }
+    }
+    let requests: Vec<OrderRequest> = pending
+        .iter()
+        .filter(|(_, r)| !unknown.contains(&r.item_id))
+        .map(|(_, r)| r.clone())
+        .collect();
+    let decision = sequencer.decide_batch(&requests, &stored, Uuid::new_v4);
+    store::commit_batch(pool, PATH, &decision).await?;
+    Ok((decision.answers, unknown))
+}

@@ -1,0 +1,37 @@
+//! seckill — a flash-sale order processor that decides without locks.
+//!
+//! Thousands of buyers hit one item at once. Instead of locking the item's row (or a Redis key),
+//! seckill puts every purchase request on RabbitMQ; each item routes to one partition queue, and
+//! exactly one consumer (single-active-consumer) reads that queue, so the requests for an item
+//! are decided one after another, in memory, by a pure state machine. Decisions are committed in
+//! batches — one transaction, one fsync for hundreds of requests — and only then acknowledged.
+//!
+//! ```text
+//! client ─HTTP─► api ──publish (confirm)──► {prefix}.orders ─item_id mod P─► partition queue p
+//!                 ▲                                                            │ (one active
+//!                 └──── direct reply-to ◄── consumer: batch → decide → COMMIT → ack   consumer)
+//! ```
+//!
+//! # Layout
+//! - [`domain`]: items, requests, outcomes and their validation — the shared vocabulary.
+//! - [`config`]: flags and environment variables of every command.
+//! - [`store`]: PostgreSQL: connect and migrate, items, accepted requests, outcomes, group commit.
+//! - [`broker`]: RabbitMQ topology, the message format, and the API's confirming publisher.
+//! - [`consumer`]: the daemon; [`consumer::sequencer`] is the pure decider,
+//!   [`consumer::partition`] the batch → decide → commit → ack loop around it.
+//! - [`api`]: the axum HTTP API (`seckill serve`).
+//! - [`audit`]: the invariants, checked from the database alone.
+//! - [`demo`]: the end-to-end run the README starts with.
+//! - [`backoff`]: capped, jittered retry delays.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules.
+
+pub mod api;
+pub mod audit;
+pub mod backoff;
+pub mod broker;
+pub mod config;
+pub mod consumer;
+pub mod demo;
+pub mod domain;
+pub mod store;

@@ -1,0 +1,254 @@
+//! The `seckill` command: a thin CLI over the library (see `src/lib.rs` for the layout).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+use seckill::api::{self, AppState};
+use seckill::broker::{publisher::Publisher, topology::Topology};
+use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, ServeArgs, redact_url};
+use seckill::{audit, consumer, demo, store};
+
+/// Flash-sale order processor: purchase requests go through RabbitMQ, and one consumer per item
+/// decides them in order, without locks, committing in batches.
+///
+/// Every option can also be set by the environment variable shown with it. Logs go to stderr;
+/// set RUST_LOG (e.g. RUST_LOG=seckill=debug) for more.
+#[derive(Debug, Parser)]
+#[command(name = "seckill", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP API (producer side): accepts orders and publishes them to RabbitMQ.
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Also run a consumer in this process (handy on one machine; run `consume` separately
+        /// to scale or fail over).
+        #[arg(long)]
+        with_consumer: bool,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+    },
+    /// Run the consumer daemon: decides the requests of every partition it is active on.
+    /// Start several for failover: one is active per partition, the others wait.
+    Consume {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+    },
+    /// Create the database if needed and apply pending migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Check the invariants of a sale from the database; exit status 1 on any violation.
+    Audit {
+        /// Item to audit (default: every item).
+        #[arg(long)]
+        item: Option<i64>,
+        /// Count accepted-but-undecided requests as violations (use once the queues drained).
+        #[arg(long)]
+        expect_settled: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Run the queue path end to end in-process: one item, a burst of buyers, the audit.
+    Demo {
+        #[command(flatten)]
+        demo: demo::DemoArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("seckill=info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("cannot start the tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve {
+            serve,
+            database,
+            broker,
+            with_consumer,
+            consumer: consumer_args,
+        } => {
+            if !serve.bind.ip().is_loopback()
+                && serve.admin_token.is_none()
+                && !serve.allow_public_without_token
+            {
+                anyhow::bail!(
+                    "refusing to listen on {} without SECKILL_ADMIN_TOKEN (anyone could create items); \
+                     set a token or pass --allow-public-without-token",
+                    serve.bind
+                );
+            }
+            let pool = store::connect(&database).await?;
+            let publisher =
+                Arc::new(Publisher::connect(&broker.amqp_url, Topology::new(&broker)).await?);
+            let shutdown = shutdown_on_signal();
+            let consumer_task = with_consumer.then(|| {
+                tokio::spawn(consumer::run(
+                    pool.clone(),
+                    broker.clone(),
+                    consumer_args,
+                    shutdown.clone(),
+                ))
+            });
+            let listener = tokio::net::TcpListener::bind(serve.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", serve.bind))?;
+            tracing::info!(
+                bind = %serve.bind,
+                broker = %redact_url(&broker.amqp_url),
+                partitions = broker.partitions,
+                admin_token = serve.admin_token.is_some(),
+                "API listening"
+            );
+            api::serve(
+                listener,
+                AppState::new(pool, publisher, serve.admin_token),
+                shutdown,
+            )
+            .await?;
+            if let Some(task) = consumer_task {
+                task.await??;
+            }
+            tracing::info!("API stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Consume {
+            database,
+            broker,
+            consumer: consumer_args,
+        } => {
+            let pool = store::connect(&database).await?;
+            tracing::info!(
+                broker = %redact_url(&broker.amqp_url),
+                partitions = broker.partitions,
+                batch_size_max = consumer_args.batch_size_max,
+                "consumer starting"
+            );
+            consumer::run(pool, broker, consumer_args, shutdown_on_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate { database } => {
+            store::connect(&database).await?;
+            println!(
+                "database {} is migrated",
+                redact_url(&database.database_url)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Audit {
+            item,
+            expect_settled,
+            json,
+            database,
+        } => {
+            let pool = store::connect(&database).await?;
+            let audits = match item {
+                Some(id) => vec![
+                    audit::audit_item(&pool, id, expect_settled)
+                        .await?
+                        .with_context(|| format!("item {id} does not exist"))?,
+                ],
+                None => audit::audit_all(&pool, expect_settled).await?,
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&audits)?);
+            } else {
+                for a in &audits {
+                    println!("{a}");
+                }
+            }
+            let clean = audits.iter().all(audit::ItemAudit::is_clean);
+            if !json {
+                println!(
+                    "{} item(s) audited: {}",
+                    audits.len(),
+                    if clean {
+                        "all invariants hold"
+                    } else {
+                        "VIOLATIONS FOUND"
+                    }
+                );
+            }
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Demo {
+            demo: args,
+            database,
+            broker,
+            consumer: consumer_args,
+        } => {
+            let pool = store::connect(&database).await?;
+            let clean = demo::run(pool, broker, consumer_args, args).await?;
+            Ok(if clean {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+/// A token cancelled on the first SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("cannot install the SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        tracing::info!("shutdown requested: finishing in-flight work");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,236 @@
+//! PostgreSQL access shared by every path: connecting (creating and migrating the database),
+//! items, the accepted-request log, outcomes, and the queue consumer's group commit.
+//! Every statement is parameterised; batch writes pass one array per column through `UNNEST`
+//! so a batch of any size is one fixed statement.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
+use uuid::Uuid;
+
+use crate::config::{DatabaseArgs, redact_url};
+use crate::consumer::sequencer::{BatchDecision, ItemState};
+use crate::domain::{ItemId, OrderRequest, Outcome, Status};
+
+/// The schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Opens a pool, creating the database if it is missing and applying pending migrations.
+pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
+    let shown = redact_url(&args.database_url);
+    if !Postgres::database_exists(&args.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reach PostgreSQL at {shown}: {e}"))?
+    {
+        tracing::info!(database = %shown, "creating database");
+        Postgres::create_database(&args.database_url).await?;
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(args.db_pool_max)
+        .acquire_timeout(std::time::Duration::from_secs(5))
+        .connect(&args.database_url)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {shown}: {e}"))?;
+    MIGRATOR.run(&pool).await?;
+    Ok(pool)
+}
+
+/// An item as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Item {
+    pub id: ItemId,
+    pub name: String,
+    pub stock_initial: i64,
+    pub stock_remaining: i64,
+    /// Orders placed for it (counted, not stored: it cannot drift).
+    pub sold: i64,
+}
+
+pub async fn create_item(pool: &PgPool, name: &str, stock: i64) -> sqlx::Result<Item> {
+    sqlx::query_as(
+        "INSERT INTO items (name, stock_initial, stock_remaining) VALUES ($1, $2, $2)
+         RETURNING id, name, stock_initial, stock_remaining, 0::bigint AS sold",
+    )
+    .bind(name)
+    .bind(stock)
+    .fetch_one(pool)
+    .await
+}
+
+pub async fn get_item(pool: &PgPool, id: ItemId) -> sqlx::Result<Option<Item>> {
+    sqlx::query_as(
+        "SELECT i.id, i.name, i.stock_initial, i.stock_remaining,
+                (SELECT count(*) FROM orders o WHERE o.item_id = i.id) AS sold
+         FROM items i WHERE i.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// Where a request stands, as `GET /orders/{id}` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestState {
+    Decided(Outcome),
+    /// Accepted by the API, not decided yet.
+    Pending,
+    Unknown,
+}
+
+pub async fn request_state(pool: &PgPool, request_id: Uuid) -> sqlx::Result<RequestState> {
+    if let Some(outcome) = stored_outcomes(pool, &[request_id])
+        .await?
+        .remove(&request_id)
+    {
+        return Ok(RequestState::Decided(outcome));
+    }
+    let accepted: Option<i32> = sqlx::query_scalar("SELECT 1 FROM requests WHERE request_id = $1")
+        .bind(request_id)
+        .fetch_optional(pool)
+        .await?;
+    Ok(match accepted {
+        Some(_) => RequestState::Pending,
+        None => RequestState::Unknown,
+    })
+}
+
+/// Records requests the API accepted. A request id seen before keeps its first row.
+pub async fn record_accepted(pool: &PgPool, requests: &[OrderRequest]) -> sqlx::Result<()> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
+    let items: Vec<ItemId> = requests.iter().map(|r| r.item_id).collect();
+    let users: Vec<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
+    sqlx::query(
+        "INSERT INTO requests (request_id, item_id, user_id)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[])
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(&ids)
+    .bind(&items)
+    .bind(&users)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The outcomes already stored for any of these request ids.
+pub async fn stored_outcomes(
+    pool: &PgPool,
+    request_ids: &[Uuid],
+) -> sqlx::Result<HashMap<Uuid, Outcome>> {
+    let rows = sqlx::query(
+        "SELECT request_id, status, order_id FROM outcomes WHERE request_id = ANY($1::uuid[])",
+    )
+    .bind(request_ids)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|row| {
+            let status: String = row.try_get("status")?;
+            let status = Status::parse(&status).ok_or_else(|| {
+                sqlx::Error::Decode(format!("unknown outcome status {status:?}").into())
+            })?;
+            let outcome = Outcome {
+                request_id: row.try_get("request_id")?,
+                status,
+                order_id: row.try_get("order_id")?,
+            };
+            Ok((outcome.request_id, outcome))
+        })
+        .collect()
+}
+
+/// Rebuilds what the queue consumer knows of an item: stock left and who bought.
+/// `None` when the item does not exist.
+pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
+    let Some(stock_remaining) =
+        sqlx::query_scalar::<_, i64>("SELECT stock_remaining FROM items WHERE id = $1")
+            .bind(item_id)
+            .fetch_optional(pool)
+            .await?
+    else {
+        return Ok(None);
+    };
+    let buyers: Vec<String> = sqlx::query_scalar("SELECT user_id FROM orders WHERE item_id = $1")
+        .bind(item_id)
+        .fetch_all(pool)
+        .await?;
+    Ok(Some(ItemState {
+        stock_remaining,
+        buyers: buyers.into_iter().collect(),
+    }))
+}
+
+/// The group commit: every order, every outcome and one stock update per item of a batch, in
+/// one transaction — one fsync for hundreds of decisions. This is where the queue path's speed
+/// comes from. The `stock_remaining >= sold` guard and the table constraints make a wrong
+/// in-memory state fail the whole batch rather than write an oversell.
+pub async fn commit_batch(pool: &PgPool, path: &str, batch: &BatchDecision) -> sqlx::Result<()> {
+    if batch.new_outcomes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = pool.begin().await?;
+
+    if !batch.new_orders.is_empty() {
+        let order_ids: Vec<Uuid> = batch.new_orders.iter().map(|o| o.order_id).collect();
+        let items: Vec<ItemId> = batch.new_orders.iter().map(|o| o.item_id).collect();
+        let users: Vec<&str> = batch
+            .new_orders
+            .iter()
+            .map(|o| o.user_id.as_str())
+            .collect();
+        let requests: Vec<Uuid> = batch.new_orders.iter().map(|o| o.request_id).collect();
+        sqlx::query(
+            "INSERT INTO orders (id, item_id, user_id, request_id)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])",
+        )
+        .bind(&order_ids)
+        .bind(&items)
+        .bind(&users)
+        .bind(&requests)
+        .execute(&mut *tx)
+        .await?;
+
+        let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
+            batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
+        let updated = sqlx::query(
+            "UPDATE items SET stock_remaining = items.stock_remaining - d.sold
+             FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, sold)
+             WHERE items.id = d.id AND items.stock_remaining >= d.sold",
+        )
+        .bind(&sold_items)
+        .bind(&sold_counts)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != sold_items.len() as u64 {
+            // Someone else sold from these items: our state is stale. Roll back, reload, redo.
+            return Err(sqlx::Error::Protocol(
+                "stock in the database is lower than the consumer believed".into(),
+            ));
+        }
+    }
+
+    let outs = &batch.new_outcomes;
+    let request_ids: Vec<Uuid> = outs.iter().map(|o| o.outcome.request_id).collect();
+    let items: Vec<ItemId> = outs.iter().map(|o| o.item_id).collect();
+    let users: Vec<&str> = outs.iter().map(|o| o.user_id.as_str()).collect();
+    let statuses: Vec<&str> = outs.iter().map(|o| o.outcome.status.as_str()).collect();
+    let order_ids: Vec<Option<Uuid>> = outs.iter().map(|o| o.outcome.order_id).collect();
+    sqlx::query(
+        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
+         SELECT r, i, u, s, o, $6 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::uuid[])
+             AS t(r, i, u, s, o)",
+    )
+    .bind(&request_ids)
+    .bind(&items)
+    .bind(&users)
+    .bind(&statuses)
+    .bind(&order_ids)
+    .bind(path)
+    .execute(&mut *tx)
+    .await?;
+
+    tx.commit().await
+}
