@@ -22,7 +22,7 @@
 //! - [`api`]: the axum HTTP API (`seckill serve`).
 //! - [`audit`]: the invariants, checked from the database alone.
 //! - [`demo`]: the end-to-end run the README starts with.
-//! - [`backoff`]: capped, jittered retry delays.
+//! - [`backoff`]: capped, jittered retry delays; [`failpoint`]: crash switches for crash tests.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
@@ -34,4 +34,5 @@ pub mod config;
 pub mod consumer;
 pub mod demo;
 pub mod domain;
+pub mod failpoint;
 pub mod store;

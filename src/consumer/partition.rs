@@ -110,6 +110,7 @@ async fn process_batch(
 
     // Decide and commit; if the database fails, forget what was decided in memory and redo
     // the whole batch from the database's state. Nothing is acked until this succeeds.
+    crate::failpoint::hit("before_decide");
     let mut attempt = 0;
     let (answers, unknown_items) = loop {
         match decide_and_commit(&context.pool, sequencer, &pending).await {
@@ -146,6 +147,7 @@ async fn process_batch(
     channel
         .basic_ack(last_tag, BasicAckOptions { multiple: true })
         .await?;
+    crate::failpoint::hit("after_ack");
 
     let mut replied = 0;
     for ((index, _), outcome) in decided.iter().zip(&answers) {
@@ -240,6 +242,8 @@ async fn decide_and_commit(
         .map(|(_, r)| r.clone())
         .collect();
     let decision = sequencer.decide_batch(&requests, &stored, Uuid::new_v4);
+    crate::failpoint::hit("before_commit");
     store::commit_batch(pool, PATH, &decision).await?;
+    crate::failpoint::hit("after_commit");
     Ok((decision.answers, unknown))
 }

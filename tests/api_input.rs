@@ -1,0 +1,154 @@
+//! Hostile and mistaken HTTP input: always a 4xx with a JSON error, never a 500, and nothing
+//! written to the database.
+
+mod common;
+
+use common::TestEnv;
+use serde_json::json;
+
+async fn table_sizes(env: &TestEnv) -> (i64, i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM items), (SELECT count(*) FROM requests),
+                (SELECT count(*) FROM outcomes)",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_json_4xx_and_touches_nothing() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(5).await;
+    let before = table_sizes(&env).await;
+
+    let json_cases = vec![
+        ("/items", json!({"name": "x", "stock": -1})),
+        ("/items", json!({"name": "x", "stock": 1_000_000_001i64})),
+        ("/items", json!({"name": "", "stock": 1})),
+        ("/items", json!({"name": "x", "stock": "10"})),
+        ("/items", json!({"name": "x"})),
+        ("/items", json!({"name": "x", "stock": 1.5})),
+        ("/orders", json!({"item_id": item})),
+        ("/orders", json!({"user_id": "u"})),
+        ("/orders", json!({"item_id": "1", "user_id": "u"})),
+        ("/orders", json!({"item_id": u64::MAX, "user_id": "u"})),
+        ("/orders", json!({"item_id": item, "user_id": ""})),
+        (
+            "/orders",
+            json!({"item_id": item, "user_id": "u".repeat(65)}),
+        ),
+        (
+            "/orders",
+            json!({"item_id": item, "user_id": "bad\u{0007}bell"}),
+        ),
+        (
+            "/orders",
+            json!({"item_id": item, "user_id": "u", "request_id": "not-a-uuid"}),
+        ),
+        (
+            "/orders",
+            json!({"item_id": item, "user_id": "u", "extra": true}),
+        ),
+        ("/orders", json!({"item_id": 424242, "user_id": "u"})),
+        ("/orders", json!([1, 2, 3])),
+    ];
+    for (path, body) in json_cases {
+        let (status, answer) = api.post(path, body.clone()).await;
+        assert!(
+            (400..500).contains(&status),
+            "{path} {body} → {status} {answer}"
+        );
+        assert!(answer["error"].is_string(), "{path} {body} → {answer}");
+    }
+
+    let raw_cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "/orders",
+            "application/json",
+            b"{\"item_id\": 1, ".to_vec(),
+            400,
+        ),
+        ("/orders", "application/json", b"".to_vec(), 400),
+        (
+            "/orders",
+            "application/json",
+            br#"{"item_id":99999999999999999999999,"user_id":"u"}"#.to_vec(),
+            422,
+        ),
+        (
+            "/items",
+            "application/json",
+            br#"{"name":"x","stock":1e400}"#.to_vec(),
+            400,
+        ),
+        (
+            "/orders",
+            "text/plain",
+            b"{\"item_id\":1,\"user_id\":\"u\"}".to_vec(),
+            415,
+        ),
+        ("/items", "application/json", vec![b' '; 17 * 1024], 413),
+        (
+            "/orders?wait=soon",
+            "application/json",
+            br#"{"item_id":1,"user_id":"u"}"#.to_vec(),
+            400,
+        ),
+    ];
+    for (path, content_type, body, expected) in raw_cases {
+        let (status, answer) = api.post_raw(path, content_type, body).await;
+        assert_eq!(status, expected, "{path} ({content_type}) → {answer}");
+        assert!(answer["error"].is_string(), "{path} → {answer}");
+    }
+
+    for path in ["/items/abc", "/orders/not-a-uuid", "/items/1/2", "/nope"] {
+        let (status, answer) = api.get(path).await;
+        assert!((400..500).contains(&status), "{path} → {status}");
+        assert!(answer["error"].is_string(), "{path} → {answer}");
+    }
+    let (status, _) = api.get("/items/999999").await;
+    assert_eq!(status, 404);
+
+    assert_eq!(
+        table_sizes(&env).await,
+        before,
+        "rejected requests wrote nothing"
+    );
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creating_items_needs_the_admin_token_when_one_is_set() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(Some("s3cret-token")).await;
+    let url = format!("{}/items", api.base);
+    let body = json!({"name": "guarded", "stock": 3});
+
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("s3cret-token"),
+        Some("Bearer s3cret-tokenX"),
+    ] {
+        let mut request = api.http.post(&url).json(&body);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 401, "{auth:?}");
+    }
+    let response = api
+        .http
+        .post(&url)
+        .header("authorization", "Bearer s3cret-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    api.shutdown.cancel();
+    env.cleanup().await;
+}

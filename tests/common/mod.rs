@@ -1,0 +1,330 @@
+//! Test harness: every test gets its own database and its own queue prefix on the real
+//! PostgreSQL and RabbitMQ, so tests run in parallel and repeatedly without seeing each other.
+#![allow(dead_code)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use sqlx::migrate::MigrateDatabase;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use seckill::api::{self, AppState};
+use seckill::broker::publisher::Publisher;
+use seckill::broker::topology::Topology;
+use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs};
+
+pub const PARTITIONS: u16 = 4;
+
+fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/seckill".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+pub struct TestEnv {
+    pub database: DatabaseArgs,
+    pub broker: BrokerArgs,
+    pub pool: PgPool,
+    pub topology: Topology,
+}
+
+impl TestEnv {
+    /// A fresh, migrated database and a fresh queue prefix.
+    pub async fn new() -> Self {
+        let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
+        let mut url = url::Url::parse(&base_database_url()).expect("DATABASE_URL parses");
+        url.set_path(&format!("seckill_test_{tag}"));
+        let database = DatabaseArgs {
+            database_url: url.to_string(),
+            db_pool_max: 16,
+        };
+        let broker = BrokerArgs {
+            amqp_url: amqp_url(),
+            queue_prefix: format!("seckill-test-{tag}"),
+            partitions: PARTITIONS,
+            queue_length_max: 1_000_000,
+        };
+        let pool = seckill::store::connect(&database)
+            .await
+            .expect("test database");
+        let topology = Topology::new(&broker);
+        let env = Self {
+            database,
+            broker,
+            pool,
+            topology,
+        };
+        let channel = env.channel().await;
+        env.topology
+            .declare(&channel)
+            .await
+            .expect("declare topology");
+        env
+    }
+
+    pub fn consumer_args(&self) -> ConsumerArgs {
+        ConsumerArgs {
+            batch_size_max: 200,
+            batch_linger_ms: 2,
+            prefetch: 400,
+        }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        let connection = Connection::connect(&self.broker.amqp_url, Default::default())
+            .await
+            .expect("broker connection");
+        let channel = connection.create_channel().await.expect("channel");
+        // Keep the connection alive as long as the test runs.
+        std::mem::forget(connection);
+        channel
+    }
+
+    /// Starts the API in-process on a free port.
+    pub async fn start_api(&self, admin_token: Option<&str>) -> TestApi {
+        let publisher = Arc::new(
+            Publisher::connect(&self.broker.amqp_url, self.topology.clone())
+                .await
+                .expect("publisher"),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let state = AppState::new(self.pool.clone(), publisher, admin_token.map(str::to_owned));
+        tokio::spawn(api::serve(listener, state, shutdown.clone()));
+        TestApi {
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+        }
+    }
+
+    /// Starts a consumer in this process; cancel the token to stop it.
+    pub fn start_consumer(&self) -> CancellationToken {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(seckill::consumer::run(
+            self.pool.clone(),
+            self.broker.clone(),
+            self.consumer_args(),
+            shutdown.clone(),
+        ));
+        shutdown
+    }
+
+    /// Starts `seckill consume` as a child process (killable with SIGKILL).
+    pub fn spawn_consumer_process(&self, failpoint: Option<&str>) -> tokio::process::Child {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill"));
+        cmd.arg("consume")
+            .env("DATABASE_URL", &self.database.database_url)
+            .env("AMQP_URL", &self.broker.amqp_url)
+            .env("SECKILL_QUEUE_PREFIX", &self.broker.queue_prefix)
+            .env("SECKILL_PARTITIONS", PARTITIONS.to_string())
+            .env("SECKILL_BATCH_SIZE_MAX", "100")
+            .env("SECKILL_PREFETCH", "300")
+            .env("RUST_LOG", "seckill=info")
+            .env_remove("SECKILL_FAILPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Some(fp) = failpoint {
+            cmd.env("SECKILL_FAILPOINT", fp);
+        }
+        cmd.spawn().expect("spawn seckill consume")
+    }
+
+    pub async fn create_item(&self, stock: i64) -> i64 {
+        seckill::store::create_item(&self.pool, "test item", stock)
+            .await
+            .expect("create item")
+            .id
+    }
+
+    /// Publishes requests straight to the partition queues, like a producer without the API.
+    /// Records them as accepted, as the API would, so the audit can find undecided ones.
+    pub async fn publish_direct(&self, requests: &[seckill::domain::OrderRequest]) {
+        seckill::store::record_accepted(&self.pool, requests)
+            .await
+            .expect("record accepted");
+        let channel = self.channel().await;
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm_select");
+        for request in requests {
+            let partition = self.topology.partition_of(request.item_id);
+            channel
+                .basic_publish(
+                    self.topology.orders_exchange().into(),
+                    self.topology.routing_key(partition).into(),
+                    BasicPublishOptions::default(),
+                    &seckill::broker::message::encode(request),
+                    seckill::broker::message::request_properties(request, None),
+                )
+                .await
+                .expect("publish");
+        }
+        channel.wait_for_confirms().await.expect("confirms");
+    }
+
+    pub async fn publish_raw(&self, partition: u16, body: &[u8], props: BasicProperties) {
+        let channel = self.channel().await;
+        channel
+            .basic_publish(
+                "".into(),
+                self.topology.partition_queue(partition).into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await
+            .expect("publish raw");
+    }
+
+    /// Takes one message off the dead-letter queue, if any.
+    pub async fn get_dead_letter(&self) -> Option<lapin::message::BasicGetMessage> {
+        let channel = self.channel().await;
+        channel
+            .basic_get(
+                self.topology.dead_letter_queue().into(),
+                BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic_get")
+    }
+
+    pub async fn queue_depth(&self, partition: u16) -> u32 {
+        let channel = self.channel().await;
+        channel
+            .queue_declare(
+                self.topology.partition_queue(partition).into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count()
+    }
+
+    pub async fn outcome_count(&self, item_id: i64) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE item_id = $1")
+            .bind(item_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    /// Waits (bounded) until `n` outcomes exist for the item.
+    pub async fn wait_for_outcomes(&self, item_id: i64, n: i64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let have = self.outcome_count(item_id).await;
+            if have >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "only {have} of {n} requests decided within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Asserts the audit is clean with every accepted request decided.
+    pub async fn assert_audit_clean(&self, item_id: i64) -> seckill::audit::ItemAudit {
+        let report = seckill::audit::audit_item(&self.pool, item_id, true)
+            .await
+            .unwrap()
+            .expect("item exists");
+        assert!(report.is_clean(), "audit: {report}");
+        report
+    }
+
+    /// Drops the queues and the database.
+    pub async fn cleanup(self) {
+        let channel = self.channel().await;
+        let _ = self.topology.delete(&channel).await;
+        self.pool.close().await;
+        let _ = sqlx::Postgres::drop_database(&self.database.database_url).await;
+    }
+}
+
+pub struct TestApi {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub shutdown: CancellationToken,
+}
+
+impl TestApi {
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
+    pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
+    pub async fn create_item(&self, stock: i64) -> i64 {
+        let (status, body) = self
+            .post("/items", json!({"name": "hot item", "stock": stock}))
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_i64().unwrap()
+    }
+}
+
+async fn split(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|_| json!({ "raw": text }));
+    (status, body)
+}
+
+/// Drains a stream-like list of futures with bounded concurrency.
+pub async fn run_concurrently<F, T>(futures: Vec<F>, concurrency: usize) -> Vec<T>
+where
+    F: std::future::Future<Output = T>,
+{
+    futures::stream::iter(futures)
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
