@@ -32,10 +32,11 @@ fn armed() -> Option<&'static Armed> {
 
 /// Aborts the process if the armed failpoint is `step` and this is its n-th hit.
 pub fn hit(step: &str) {
-    if let Some(armed) = armed() {
-        if armed.step == step && armed.hits.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth {
-            eprintln!("failpoint {step} reached: aborting");
-            std::process::abort();
-        }
+    if let Some(armed) = armed()
+        && armed.step == step
+        && armed.hits.fetch_add(1, Ordering::SeqCst) + 1 == armed.nth
+    {
+        eprintln!("failpoint {step} reached: aborting");
+        std::process::abort();
     }
 }

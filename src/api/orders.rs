@@ -91,10 +91,10 @@ pub async fn create(
     published?;
     recorded.map_err(ApiError::Unavailable)?;
 
-    if let (Some(waiter), Some(wait)) = (waiter, wait) {
-        if let Some(outcome) = waiter.recv(wait).await {
-            return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
-        }
+    if let (Some(waiter), Some(wait)) = (waiter, wait)
+        && let Some(outcome) = waiter.recv(wait).await
+    {
+        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -6,7 +6,7 @@
 //! A message that fails [`decode`] is dead-lettered with the reason in `x-seckill-reason`.
 
 use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 
 use crate::domain::{OrderRequest, Outcome};
 
@@ -43,13 +43,13 @@ pub struct Undecodable(pub String);
 
 /// Parses and validates a request message.
 pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<OrderRequest, Undecodable> {
-    if let Some(content_type) = properties.content_type() {
-        if content_type.as_str() != CONTENT_TYPE_JSON {
-            return Err(Undecodable(format!(
-                "content type must be {CONTENT_TYPE_JSON}, got {:?}",
-                content_type.as_str()
-            )));
-        }
+    if let Some(content_type) = properties.content_type()
+        && content_type.as_str() != CONTENT_TYPE_JSON
+    {
+        return Err(Undecodable(format!(
+            "content type must be {CONTENT_TYPE_JSON}, got {:?}",
+            content_type.as_str()
+        )));
     }
     if body.len() > BODY_LEN_MAX {
         return Err(Undecodable(format!(
@@ -67,10 +67,7 @@ pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<OrderRequest,
 
 /// Properties of a dead-lettered copy: the original ones plus the reason header.
 pub fn dead_letter_properties(original: &BasicProperties, reason: &str) -> BasicProperties {
-    let mut headers = original
-        .headers()
-        .clone()
-        .unwrap_or_else(FieldTable::default);
+    let mut headers = original.headers().clone().unwrap_or_default();
     headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
     original.clone().with_headers(headers).with_delivery_mode(2)
 }
@@ -130,7 +127,7 @@ mod tests {
 
     #[test]
     fn dead_letter_keeps_headers_and_adds_reason() {
-        let mut headers = FieldTable::default();
+        let mut headers = lapin::types::FieldTable::default();
         headers.insert("x-trace".into(), AMQPValue::LongString("t1".into()));
         let props = json_props().with_headers(headers);
         let dl = dead_letter_properties(&props, "bad");

@@ -128,16 +128,16 @@ impl Publisher {
 
     /// The current channel, re-opened if the broker went away.
     async fn channel(&self) -> Result<Channel, PublishError> {
-        if let Some(link) = &*self.link.read().await {
-            if link.channel.status().connected() {
-                return Ok(link.channel.clone());
-            }
+        if let Some(link) = &*self.link.read().await
+            && link.channel.status().connected()
+        {
+            return Ok(link.channel.clone());
         }
         let mut slot = self.link.write().await;
-        if let Some(link) = &*slot {
-            if link.channel.status().connected() {
-                return Ok(link.channel.clone());
-            }
+        if let Some(link) = &*slot
+            && link.channel.status().connected()
+        {
+            return Ok(link.channel.clone());
         }
         {
             let last = self.last_failure.lock().expect("last_failure lock");

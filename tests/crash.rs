@@ -1,0 +1,185 @@
+//! Crash safety of the consumer, with real processes: SIGKILL mid-work, an abort at every step
+//! of the batch cycle, and failover to a standby daemon. After each, every accepted request has
+//! exactly one outcome and the audit is clean.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{PARTITIONS, TestEnv};
+use seckill::domain::OrderRequest;
+use uuid::Uuid;
+
+fn requests(item_id: i64, count: usize, users: usize) -> Vec<OrderRequest> {
+    (0..count)
+        .map(|i| OrderRequest {
+            request_id: Uuid::new_v4(),
+            item_id,
+            user_id: format!("user-{}", i % users),
+        })
+        .collect()
+}
+
+async fn wait_for_exit(
+    child: &mut tokio::process::Child,
+    within: Duration,
+) -> std::process::ExitStatus {
+    tokio::time::timeout(within, child.wait())
+        .await
+        .expect("the consumer should have stopped")
+        .expect("wait")
+}
+
+/// Every accepted request has exactly one outcome, orders = min(stock, distinct buyers).
+async fn assert_settled(env: &TestEnv, item: i64, total: i64, stock: i64) {
+    env.wait_for_outcomes(item, total, Duration::from_secs(120))
+        .await;
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!(
+        report.outcomes, total,
+        "one outcome per request, none twice"
+    );
+    assert_eq!(report.orders, stock);
+    assert_eq!(report.undecided, 0);
+}
+
+/// SIGKILL while the consumer is in the middle of the queue, then restart it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_work_loses_nothing_and_decides_nothing_twice() {
+    let env = TestEnv::new().await;
+    let stock = 500;
+    let item = env.create_item(stock).await;
+    let total = 8000;
+    env.publish_direct(&requests(item, total, 2000)).await;
+
+    let mut consumer = env.spawn_consumer_process(None);
+    env.wait_for_outcomes(item, 300, Duration::from_secs(60))
+        .await;
+    consumer.start_kill().expect("SIGKILL"); // tokio's kill is SIGKILL
+    wait_for_exit(&mut consumer, Duration::from_secs(10)).await;
+    let decided_at_kill = env.outcome_count(item).await;
+    assert!(
+        decided_at_kill < total as i64,
+        "the kill must land mid-work (decided {decided_at_kill} of {total})"
+    );
+
+    let mut restarted = env.spawn_consumer_process(None);
+    assert_settled(&env, item, total as i64, stock).await;
+    restarted.start_kill().unwrap();
+    env.cleanup().await;
+}
+
+/// Aborts the consumer at `step` on its 3rd batch, restarts a clean one, checks the invariants.
+async fn crash_at(step: &str) {
+    let env = TestEnv::new().await;
+    let stock = 50;
+    let item = env.create_item(stock).await;
+    let total = 1500;
+    env.publish_direct(&requests(item, total, 300)).await;
+
+    let mut crashing = env.spawn_consumer_process(Some(&format!("{step}:3")));
+    let status = wait_for_exit(&mut crashing, Duration::from_secs(60)).await;
+    assert!(
+        !status.success(),
+        "{step}: the failpoint should abort the process"
+    );
+    let decided = env.outcome_count(item).await;
+    assert!(
+        decided < total as i64,
+        "{step}: crashed before finishing ({decided})"
+    );
+
+    let mut clean = env.spawn_consumer_process(None);
+    assert_settled(&env, item, total as i64, stock).await;
+    clean.start_kill().unwrap();
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_before_decide() {
+    crash_at("before_decide").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_decide_before_commit() {
+    crash_at("before_commit").await;
+}
+
+/// The hard case: the batch is committed but not acked, so the broker redelivers it; the new
+/// consumer must answer it from the store, not decide it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit_before_ack() {
+    crash_at("after_commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_ack_before_reply() {
+    crash_at("after_ack").await;
+}
+
+/// Two daemons on the same partitions: one decides, the other waits; when the active one dies
+/// mid-batch (committed, not acked), the standby takes over with no duplicate decision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_takes_over_when_the_active_daemon_dies() {
+    let env = TestEnv::new().await;
+    let stock = 100;
+    let item = env.create_item(stock).await;
+
+    // A registers first, so single-active-consumer makes it the active one.
+    let mut active = env.spawn_consumer_process(Some("after_commit:4"));
+    wait_for_consumers(&env, 1).await;
+    let mut standby = env.spawn_consumer_process(None);
+    wait_for_consumers(&env, 2).await;
+
+    let total = 2000;
+    env.publish_direct(&requests(item, total, 400)).await;
+    let status = wait_for_exit(&mut active, Duration::from_secs(60)).await;
+    assert!(
+        !status.success(),
+        "the active daemon aborted at its failpoint"
+    );
+    let decided_by_active = env.outcome_count(item).await;
+    assert!(
+        decided_by_active > 0,
+        "the first daemon was the one deciding"
+    );
+    assert!(decided_by_active < total as i64, "it died mid-work");
+
+    assert_settled(&env, item, total as i64, stock).await;
+    let paths: Vec<String> = sqlx::query_scalar("SELECT DISTINCT path FROM outcomes")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(paths, ["queue"]);
+    standby.start_kill().unwrap();
+    env.cleanup().await;
+}
+
+/// Waits until every partition queue has `n` registered consumers.
+async fn wait_for_consumers(env: &TestEnv, n: u32) {
+    let channel = env.channel().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for partition in 0..PARTITIONS {
+        loop {
+            let queue = channel
+                .queue_declare(
+                    env.topology.partition_queue(partition).into(),
+                    lapin::options::QueueDeclareOptions {
+                        passive: true,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .await
+                .expect("passive declare");
+            if queue.consumer_count() >= n {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "consumers did not register"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
