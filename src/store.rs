@@ -164,73 +164,57 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
 }
 
 /// The group commit: every order, every outcome and one stock update per item of a batch, in
-/// one transaction — one fsync for hundreds of decisions. This is where the queue path's speed
-/// comes from. The `stock_remaining >= sold` guard and the table constraints make a wrong
-/// in-memory state fail the whole batch rather than write an oversell.
+/// ONE statement — one round trip, one transaction, one fsync for hundreds of decisions. This is
+/// where the queue path's speed comes from. The table constraints make a wrong in-memory state
+/// fail the whole batch rather than write it: `stock_remaining >= 0` refuses an oversell, the
+/// unique keys refuse a second order per user or a second outcome per request.
 pub async fn commit_batch(pool: &PgPool, path: &str, batch: &BatchDecision) -> sqlx::Result<()> {
     if batch.new_outcomes.is_empty() {
         return Ok(());
     }
-    let mut tx = pool.begin().await?;
-
-    if !batch.new_orders.is_empty() {
-        let order_ids: Vec<Uuid> = batch.new_orders.iter().map(|o| o.order_id).collect();
-        let items: Vec<ItemId> = batch.new_orders.iter().map(|o| o.item_id).collect();
-        let users: Vec<&str> = batch
-            .new_orders
-            .iter()
-            .map(|o| o.user_id.as_str())
-            .collect();
-        let requests: Vec<Uuid> = batch.new_orders.iter().map(|o| o.request_id).collect();
-        sqlx::query(
-            "INSERT INTO orders (id, item_id, user_id, request_id)
-             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])",
-        )
-        .bind(&order_ids)
-        .bind(&items)
-        .bind(&users)
-        .bind(&requests)
-        .execute(&mut *tx)
-        .await?;
-
-        let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
-            batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
-        let updated = sqlx::query(
-            "UPDATE items SET stock_remaining = items.stock_remaining - d.sold
-             FROM UNNEST($1::bigint[], $2::bigint[]) AS d(id, sold)
-             WHERE items.id = d.id AND items.stock_remaining >= d.sold",
-        )
-        .bind(&sold_items)
-        .bind(&sold_counts)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != sold_items.len() as u64 {
-            // Someone else sold from these items: our state is stale. Roll back, reload, redo.
-            return Err(sqlx::Error::Protocol(
-                "stock in the database is lower than the consumer believed".into(),
-            ));
-        }
-    }
-
+    let orders = &batch.new_orders;
+    let order_ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
+    let order_items: Vec<ItemId> = orders.iter().map(|o| o.item_id).collect();
+    let order_users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
+    let order_requests: Vec<Uuid> = orders.iter().map(|o| o.request_id).collect();
+    let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
+        batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
     let outs = &batch.new_outcomes;
     let request_ids: Vec<Uuid> = outs.iter().map(|o| o.outcome.request_id).collect();
     let items: Vec<ItemId> = outs.iter().map(|o| o.item_id).collect();
     let users: Vec<&str> = outs.iter().map(|o| o.user_id.as_str()).collect();
     let statuses: Vec<&str> = outs.iter().map(|o| o.outcome.status.as_str()).collect();
-    let order_ids: Vec<Option<Uuid>> = outs.iter().map(|o| o.outcome.order_id).collect();
+    let outcome_orders: Vec<Option<Uuid>> = outs.iter().map(|o| o.outcome.order_id).collect();
+
+    // Data-modifying CTEs run as one statement; the foreign keys are checked at its end, when
+    // the new orders exist.
     sqlx::query(
-        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
-         SELECT r, i, u, s, o, $6 FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::text[], $5::uuid[])
+        "WITH new_orders AS (
+             INSERT INTO orders (id, item_id, user_id, request_id)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
+         ), stock AS (
+             UPDATE items SET stock_remaining = items.stock_remaining - d.sold
+             FROM UNNEST($5::bigint[], $6::bigint[]) AS d(id, sold)
+             WHERE items.id = d.id
+         )
+         INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
+         SELECT r, i, u, s, o, $12
+         FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::text[], $11::uuid[])
              AS t(r, i, u, s, o)",
     )
+    .bind(&order_ids)
+    .bind(&order_items)
+    .bind(&order_users)
+    .bind(&order_requests)
+    .bind(&sold_items)
+    .bind(&sold_counts)
     .bind(&request_ids)
     .bind(&items)
     .bind(&users)
     .bind(&statuses)
-    .bind(&order_ids)
+    .bind(&outcome_orders)
     .bind(path)
-    .execute(&mut *tx)
+    .execute(pool)
     .await?;
-
-    tx.commit().await
+    Ok(())
 }

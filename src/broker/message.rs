@@ -4,6 +4,11 @@
 //! Properties: `content_type = application/json`, `delivery_mode = 2` (persistent),
 //! `message_id = request_id`; `reply_to`/`correlation_id` when the producer wants the decision.
 //! A message that fails [`decode`] is dead-lettered with the reason in `x-seckill-reason`.
+//!
+//! Replies are batched: the consumer sends one message per `reply_to` per batch, whose body is a
+//! JSON array of outcomes (each names its `request_id`). An API instance publishes every request
+//! on one channel, so all its requests share one `reply_to`: a batch of 300 decisions costs the
+//! broker one reply instead of 300.
 
 use lapin::BasicProperties;
 use lapin::types::AMQPValue;
@@ -72,13 +77,23 @@ pub fn dead_letter_properties(original: &BasicProperties, reason: &str) -> Basic
     original.clone().with_headers(headers).with_delivery_mode(2)
 }
 
-/// The reply body: the same JSON as `GET /orders/{request_id}` answers.
-pub fn encode_reply(outcome: &Outcome) -> Vec<u8> {
-    serde_json::to_vec(outcome).expect("an Outcome always serialises")
+/// A reply body: a JSON array of outcomes, each the same JSON as `GET /orders/{request_id}`.
+pub fn encode_replies(outcomes: &[Outcome]) -> Vec<u8> {
+    serde_json::to_vec(outcomes).expect("outcomes always serialise")
 }
 
-pub fn decode_reply(body: &[u8]) -> Option<Outcome> {
-    serde_json::from_slice(body).ok()
+/// Decodes a reply body: an array of outcomes (or a single one, from a simpler consumer).
+pub fn decode_replies(body: &[u8]) -> Option<Vec<Outcome>> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Body {
+        Many(Vec<Outcome>),
+        One(Outcome),
+    }
+    match serde_json::from_slice(body).ok()? {
+        Body::Many(outcomes) => Some(outcomes),
+        Body::One(outcome) => Some(vec![outcome]),
+    }
 }
 
 #[cfg(test)]
@@ -123,6 +138,27 @@ mod tests {
                 err.0
             );
         }
+    }
+
+    #[test]
+    fn replies_round_trip_batched_or_single() {
+        let outcome = Outcome {
+            request_id: Uuid::new_v4(),
+            status: crate::domain::Status::Purchased,
+            order_id: Some(Uuid::new_v4()),
+        };
+        let two = [
+            outcome,
+            Outcome {
+                order_id: None,
+                status: crate::domain::Status::SoldOut,
+                ..outcome
+            },
+        ];
+        assert_eq!(decode_replies(&encode_replies(&two)), Some(two.to_vec()));
+        let single = serde_json::to_vec(&outcome).unwrap();
+        assert_eq!(decode_replies(&single), Some(vec![outcome]));
+        assert_eq!(decode_replies(b"[{]"), None);
     }
 
     #[test]

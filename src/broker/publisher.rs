@@ -190,16 +190,15 @@ impl Publisher {
 /// Hands each reply to the clients waiting for it; ends when the channel closes.
 async fn dispatch_replies(mut replies: lapin::Consumer, waiters: Arc<Waiters>) {
     while let Some(Ok(delivery)) = replies.next().await {
-        let Some(outcome) = message::decode_reply(&delivery.data) else {
+        let Some(outcomes) = message::decode_replies(&delivery.data) else {
             tracing::warn!("ignoring an undecodable reply");
             continue;
         };
-        let senders = waiters
-            .lock()
-            .expect("waiters lock")
-            .remove(&outcome.request_id);
-        for tx in senders.into_iter().flatten() {
-            let _ = tx.send(outcome);
+        let mut waiters = waiters.lock().expect("waiters lock");
+        for outcome in outcomes {
+            for tx in waiters.remove(&outcome.request_id).into_iter().flatten() {
+                let _ = tx.send(outcome);
+            }
         }
     }
     tracing::debug!("reply consumer ended");

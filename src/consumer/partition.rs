@@ -22,7 +22,7 @@ use futures::StreamExt;
 use futures::future::try_join_all;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
-use lapin::types::FieldTable;
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -110,13 +110,26 @@ async fn process_batch(
 
     // Decide and commit; if the database fails, forget what was decided in memory and redo
     // the whole batch from the database's state. Nothing is acked until this succeeds.
+    //
+    // Stored outcomes are looked up first only for a batch with redeliveries. A fresh batch
+    // skips that round trip: a request id decided before (a client retry) makes the commit hit
+    // the unique key on `outcomes.request_id`, and the batch is redone with the lookup.
     crate::failpoint::hit("before_decide");
+    let mut look_up_stored = redelivered > 0;
     let mut attempt = 0;
     let (answers, unknown_items) = loop {
-        match decide_and_commit(&context.pool, sequencer, &pending).await {
+        match decide_and_commit(&context.pool, sequencer, &pending, look_up_stored).await {
             Ok(done) => break done,
+            Err(e) if !look_up_stored && is_unique_violation(&e) => {
+                sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
+                look_up_stored = true;
+                tracing::debug!(
+                    "a request of the batch was decided before; redoing it with a lookup"
+                );
+            }
             Err(e) => {
                 sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
+                look_up_stored = true;
                 let pause = crate::backoff::delay(
                     attempt,
                     Duration::from_millis(50),
@@ -149,25 +162,29 @@ async fn process_batch(
         .await?;
     crate::failpoint::hit("after_ack");
 
-    let mut replied = 0;
+    // One reply per reply_to for the whole batch (each API instance has one reply_to).
+    // At-most-once by design: a lost reply costs the client a GET, never a decision.
+    let mut replies: HashMap<&ShortString, Vec<Outcome>> = HashMap::new();
     for ((index, _), outcome) in decided.iter().zip(&answers) {
-        let Some(reply_to) = batch[*index].properties.reply_to() else {
-            continue;
-        };
-        // At-most-once by design: a lost reply costs the client a GET, never a decision.
-        let props = BasicProperties::default()
-            .with_content_type(message::CONTENT_TYPE_JSON.into())
-            .with_correlation_id(outcome.request_id.to_string().into());
+        if let Some(reply_to) = batch[*index].properties.reply_to() {
+            replies.entry(reply_to).or_default().push(*outcome);
+        }
+    }
+    let mut replied = 0;
+    for (reply_to, outcomes) in &replies {
+        let props = BasicProperties::default().with_content_type(message::CONTENT_TYPE_JSON.into());
         let sent = channel
             .basic_publish(
                 "".into(),
-                reply_to.clone(),
+                (*reply_to).clone(),
                 BasicPublishOptions::default(),
-                &message::encode_reply(outcome),
+                &message::encode_replies(outcomes),
                 props,
             )
             .await;
-        replied += usize::from(sent.is_ok());
+        if sent.is_ok() {
+            replied += outcomes.len();
+        }
     }
     tracing::debug!(
         size = batch.len(),
@@ -216,15 +233,24 @@ async fn dead_letter(
     Ok(())
 }
 
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
 /// Loads what the sequencer needs, decides, and commits. Returns one answer per request of a
 /// known item (in order) and the items that do not exist.
 async fn decide_and_commit(
     pool: &sqlx::PgPool,
     sequencer: &mut Sequencer,
     pending: &[(usize, OrderRequest)],
+    look_up_stored: bool,
 ) -> Result<(Vec<Outcome>, Vec<ItemId>), sqlx::Error> {
-    let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
-    let stored: HashMap<Uuid, Outcome> = store::stored_outcomes(pool, &ids).await?;
+    let stored: HashMap<Uuid, Outcome> = if look_up_stored {
+        let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
+        store::stored_outcomes(pool, &ids).await?
+    } else {
+        HashMap::new()
+    };
     let mut unknown = Vec::new();
     for (_, request) in pending {
         let item_id = request.item_id;
