@@ -16,6 +16,9 @@ pub struct ItemAudit {
     /// Accepted requests with no outcome yet (in flight, or lost if nothing is running).
     pub undecided: i64,
     pub outcomes: i64,
+    /// Requests an optimistic path gave up on (`failed_retry`): decided, nothing sold — neither
+    /// an order nor a claim that stock ran out, so never a violation by itself.
+    pub failed_retry: i64,
     pub violations: Vec<String>,
 }
 
@@ -72,6 +75,9 @@ pub async fn audit_item(
     .await?;
     let sold_out =
         count("SELECT count(*) FROM outcomes WHERE item_id = $1 AND status = 'sold_out'").await?;
+    let failed_retry =
+        count("SELECT count(*) FROM outcomes WHERE item_id = $1 AND status = 'failed_retry'")
+            .await?;
     let undecided = count(
         "SELECT count(*) FROM requests r WHERE r.item_id = $1 AND NOT EXISTS (
              SELECT 1 FROM outcomes c WHERE c.request_id = r.request_id)",
@@ -122,6 +128,7 @@ pub async fn audit_item(
         orders,
         undecided,
         outcomes,
+        failed_retry,
         violations,
     }))
 }
@@ -153,6 +160,9 @@ impl std::fmt::Display for ItemAudit {
             self.outcomes,
             self.undecided
         )?;
+        if self.failed_retry > 0 {
+            write!(f, ", {} failed_retry", self.failed_retry)?;
+        }
         for v in &self.violations {
             write!(f, "\n  ✗ {v}")?;
         }

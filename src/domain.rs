@@ -42,6 +42,9 @@ pub enum Status {
     SoldOut,
     /// This user already holds an order for this item.
     AlreadyPurchased,
+    /// An optimistic path (`optimistic`, `redis-watch`) lost its compare-and-set more times than
+    /// it may retry. Nothing was sold: not an order, and not a claim that stock ran out.
+    FailedRetry,
 }
 
 impl Status {
@@ -50,6 +53,7 @@ impl Status {
             Status::Purchased => "purchased",
             Status::SoldOut => "sold_out",
             Status::AlreadyPurchased => "already_purchased",
+            Status::FailedRetry => "failed_retry",
         }
     }
 
@@ -58,6 +62,7 @@ impl Status {
             "purchased" => Some(Status::Purchased),
             "sold_out" => Some(Status::SoldOut),
             "already_purchased" => Some(Status::AlreadyPurchased),
+            "failed_retry" => Some(Status::FailedRetry),
             _ => None,
         }
     }
@@ -143,7 +148,12 @@ mod tests {
 
     #[test]
     fn status_round_trips() {
-        for s in [Status::Purchased, Status::SoldOut, Status::AlreadyPurchased] {
+        for s in [
+            Status::Purchased,
+            Status::SoldOut,
+            Status::AlreadyPurchased,
+            Status::FailedRetry,
+        ] {
             assert_eq!(Status::parse(s.as_str()), Some(s));
             let json = serde_json::to_string(&s).unwrap();
             assert_eq!(json, format!("\"{}\"", s.as_str()));
