@@ -121,3 +121,71 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_ALLOW_PUBLIC_WITHOUT_TOKEN")]
     pub allow_public_without_token: bool,
 }
+
+/// Where Redis is, for the `redis-*` purchase paths. The connection is opened lazily: the API
+/// starts (and every other path works) without Redis.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Prefix of every Redis key seckill writes (`{prefix}:item:{id}:stock`, ...), so several
+    /// deployments (or tests) can share one Redis.
+    #[arg(long, env = "SECKILL_REDIS_PREFIX", default_value = "seckill")]
+    pub redis_prefix: String,
+}
+
+/// How the synchronous purchase paths (`POST /orders?path=NAME`, see `seckill serve --help`)
+/// behave under contention.
+#[derive(Debug, Clone, Args)]
+pub struct PathArgs {
+    /// Retries of a lost compare-and-set (paths `optimistic` and `redis-watch`), each after a
+    /// jittered, growing delay. Past it the request is answered `failed_retry`: nothing sold.
+    #[arg(long, env = "SECKILL_OPTIMISTIC_RETRIES_MAX", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(0..=1000))]
+    pub optimistic_retries_max: u32,
+
+    /// Lease of the `redis-lock` path's lock, in milliseconds. Shorter than the work under the
+    /// lock, a second holder gets in: the fencing token stops the first from writing (no
+    /// oversell), but its work is lost and retried.
+    #[arg(long, env = "SECKILL_REDIS_LOCK_TTL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub redis_lock_ttl_ms: u64,
+
+    /// Longest a `redis-lock` request waits for the lock, in milliseconds; then it answers 503
+    /// (nothing decided, safe to retry with the same request_id).
+    #[arg(long, env = "SECKILL_REDIS_LOCK_WAIT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub redis_lock_wait_ms: u64,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+}
+
+impl PathArgs {
+    pub fn redis_lock_ttl(&self) -> Duration {
+        Duration::from_millis(self.redis_lock_ttl_ms)
+    }
+
+    pub fn redis_lock_wait(&self) -> Duration {
+        Duration::from_millis(self.redis_lock_wait_ms)
+    }
+
+    /// The settings from the environment and the defaults, as the command line would give them
+    /// without flags: for callers that have no command line.
+    pub fn from_env() -> anyhow::Result<Self> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            paths: PathArgs,
+        }
+        use clap::Parser as _;
+        Ok(Only::try_parse_from(["seckill"])?.paths)
+    }
+}

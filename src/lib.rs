@@ -20,6 +20,9 @@
 //! - [`consumer`]: the daemon; [`consumer::sequencer`] is the pure decider,
 //!   [`consumer::partition`] the batch → decide → commit → ack loop around it.
 //! - [`api`]: the axum HTTP API (`seckill serve`).
+//! - [`paths`]: what the queue path is compared with — the lock-based purchase paths
+//!   (`POST /orders?path=NAME`: pessimistic, optimistic, advisory, Redis locks and scripts, and
+//!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema.
 //! - [`audit`]: the invariants, checked from the database alone.
 //! - [`demo`]: the end-to-end run the README starts with.
 //! - [`backoff`]: capped, jittered retry delays; [`failpoint`]: crash switches for crash tests.
@@ -35,4 +38,5 @@ pub mod consumer;
 pub mod demo;
 pub mod domain;
 pub mod failpoint;
+pub mod paths;
 pub mod store;

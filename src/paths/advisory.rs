@@ -1,0 +1,84 @@
+//! `advisory` — a PostgreSQL advisory lock per item around the decision.
+//!
+//! One transaction: `pg_advisory_xact_lock(item_id)` waits for the item's lock; then the stock
+//! and the user's orders are read, the decision made, and the order, the decrement and the
+//! outcome written; COMMIT (or the session dying) releases the lock. It is the sound form of the
+//! "lock row in a lock table" pattern: nothing to clean up, no lock left behind by a crash.
+//! Under contention it behaves like `pessimistic` — one decision at a time, each a whole
+//! transaction — but the waiters queue in the lock manager, not on the item's row, which stays
+//! free for everything else that touches it (even the foreign-key checks of inserts referencing
+//! it, which a `FOR UPDATE` blocks). The lock key is the bare item id: this database must not use
+//! advisory locks for anything else.
+
+use sqlx::PgPool;
+
+use super::{PathError, PurchasePath, insert_order, record_outcome};
+use crate::domain::{OrderRequest, Outcome, Status};
+
+pub struct Advisory {
+    pool: PgPool,
+}
+
+impl Advisory {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl PurchasePath for Advisory {
+    fn name(&self) -> &'static str {
+        "advisory"
+    }
+
+    async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(request.item_id)
+            .execute(&mut *tx)
+            .await?;
+        // Read after the lock was granted: this snapshot includes every earlier holder's sale.
+        let (stock, is_buyer): (i64, bool) = sqlx::query_as(
+            "SELECT stock_remaining,
+                    EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)
+             FROM items WHERE id = $1",
+        )
+        .bind(request.item_id)
+        .bind(&request.user_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(PathError::NoSuchItem)?;
+
+        let outcome = if is_buyer {
+            record_outcome(
+                &mut *tx,
+                self.name(),
+                request,
+                Status::AlreadyPurchased,
+                None,
+            )
+            .await?
+        } else if stock == 0 {
+            record_outcome(&mut *tx, self.name(), request, Status::SoldOut, None).await?
+        } else {
+            // A conflict is impossible under the lock unless another path sold meanwhile.
+            let order_id = insert_order(&mut *tx, request)
+                .await?
+                .ok_or(PathError::AlreadyDecided)?;
+            sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
+                .bind(request.item_id)
+                .execute(&mut *tx)
+                .await?;
+            record_outcome(
+                &mut *tx,
+                self.name(),
+                request,
+                Status::Purchased,
+                Some(order_id),
+            )
+            .await?
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}

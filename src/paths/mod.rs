@@ -1,0 +1,376 @@
+//! The lock-based purchase paths: the ways the flash-sale literature decides a purchase
+//! synchronously, on the same schema as the queue path and behind one trait, so that they can be
+//! compared with it (`POST /orders?path=NAME`, the audit, the benchmark). The queue path needs no
+//! lock because one consumer owns each item; every path here is another answer to the question
+//! it avoids — how do concurrent requests for one item not sell a unit twice? — and each file
+//! opens with its algorithm and how it behaves under contention.
+//!
+//! What they share lives here, so that a path's file holds only its algorithm:
+//! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
+//!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
+//! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
+//!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
+//! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
+//!
+//! An item is sold through one path at a time: the Redis paths keep their own copy of its stock,
+//! and a lock only excludes those who take it. Whatever a path gets wrong, the database
+//! constraints (one order per user, stock never negative) remain the backstop — which is why
+//! `naive` can lose updates but never sell a user two units.
+
+pub mod advisory;
+pub mod conditional;
+pub mod naive;
+pub mod optimistic;
+pub mod pessimistic;
+pub mod redis_list;
+pub mod redis_lock;
+pub mod redis_lua;
+pub mod redis_store;
+pub mod redis_watch;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use sqlx::{PgExecutor, PgPool};
+use uuid::Uuid;
+
+use crate::backoff;
+use crate::config::PathArgs;
+use crate::domain::{OrderRequest, Outcome, Status};
+use crate::store;
+use redis_store::RedisStore;
+
+/// The `path=` names `POST /orders` accepts, `queue` (the default) first.
+pub const NAMES: [&str; 10] = [
+    "queue",
+    "naive",
+    "pessimistic",
+    "optimistic",
+    "conditional",
+    "advisory",
+    "redis-lock",
+    "redis-watch",
+    "redis-lua",
+    "redis-list",
+];
+
+/// The paths, for `seckill serve --help`.
+pub const HELP: &str = "\
+Purchase paths (POST /orders?path=NAME):
+  queue        default: RabbitMQ, one decider per item, batched commits (202, or 200 with ?wait=)
+  naive        UNSAFE, for demonstration only: read, check, write back read-1 without a lock;
+               loses updates and oversells under concurrency
+  pessimistic  SELECT ... FOR UPDATE on the item row for the whole decision
+  optimistic   version column compare-and-set, bounded jittered retries, then failed_retry
+  conditional  one UPDATE ... WHERE stock_remaining > 0 plus the order, in one transaction
+  advisory     pg_advisory_xact_lock per item around the decision
+  redis-lock   Redis lock per item (SET NX PX), fencing token checked by the database write
+  redis-watch  WATCH/MULTI/EXEC on the Redis stock and buyer set, retried on abort
+  redis-lua    one Lua script decides in Redis; compensated if the database write fails
+  redis-list   stock as a Redis list of tokens, LPOP claims one
+Every path but queue answers 200 with the decision. Redis keys: {prefix}:item:{id}:*.";
+
+/// One way of deciding a purchase, synchronously.
+#[async_trait::async_trait]
+pub trait PurchasePath: Send + Sync {
+    /// The `path=` name, also stored in `outcomes.path`.
+    fn name(&self) -> &'static str;
+
+    /// Decides a request that had no stored outcome when [`decide`] looked, records the decision
+    /// in `outcomes` (and the order, for a purchase) and returns it. Call it through [`decide`],
+    /// which handles repeats of a request id.
+    async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError>;
+}
+
+/// Why a path did not decide.
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    /// 404: the item does not exist.
+    #[error("item not found")]
+    NoSuchItem,
+    /// 400: this path cannot sell this item (too many units to hold in Redis).
+    #[error("{0}")]
+    Unsupported(String),
+    /// 503: PostgreSQL or Redis is down or overloaded, or the item stayed busy past the path's
+    /// bound. Nothing was decided: retrying with the same request id is safe.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Another attempt stored an outcome for this request id first; [`decide`] re-reads it.
+    #[error("the request was decided concurrently")]
+    AlreadyDecided,
+    /// Redis says this user bought, but the order is not committed yet (a concurrent request of
+    /// the same user, or a duplicate of this one); [`decide`] waits and asks again.
+    #[error("the buyer's order is not committed yet")]
+    BuyerInFlight,
+    /// 500, detail logged only.
+    #[error(transparent)]
+    Database(sqlx::Error),
+    /// 500, detail logged only.
+    #[error(transparent)]
+    Redis(redis::RedisError),
+}
+
+impl From<sqlx::Error> for PathError {
+    fn from(e: sqlx::Error) -> Self {
+        use sqlx::Error as E;
+        match &e {
+            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
+                tracing::warn!(error = %e, "database unavailable");
+                PathError::Unavailable("the database is unavailable".into())
+            }
+            E::Database(db) => {
+                // Class 08: connection exception; 57P: the server is shutting down or starting.
+                let code = db.code().unwrap_or_default();
+                if code.starts_with("08") || code.starts_with("57P") {
+                    tracing::warn!(error = %e, "database unavailable");
+                    PathError::Unavailable("the database is unavailable".into())
+                } else if db.is_unique_violation() {
+                    // Paths handle one-per-user conflicts themselves; what is left is a request
+                    // id (orders.request_id, outcomes' key) another attempt committed first.
+                    PathError::AlreadyDecided
+                } else if db.is_foreign_key_violation()
+                    && db.constraint().is_some_and(|c| c.ends_with("item_id_fkey"))
+                {
+                    PathError::NoSuchItem
+                } else {
+                    PathError::Database(e)
+                }
+            }
+            _ => PathError::Database(e),
+        }
+    }
+}
+
+impl From<redis::RedisError> for PathError {
+    fn from(e: redis::RedisError) -> Self {
+        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+            tracing::warn!(error = %e, "redis unavailable");
+            PathError::Unavailable("redis is unavailable".into())
+        } else {
+            PathError::Redis(e)
+        }
+    }
+}
+
+/// Most tries [`decide`] makes: each is cut short only by a concurrent duplicate or a buyer whose
+/// order is in flight, and both settle within milliseconds.
+const DECIDE_TRIES_MAX: u32 = 8;
+
+/// Decides `request` through `path`, idempotently: a request id with a stored outcome gets that
+/// outcome, whichever path stored it, and never creates a second order.
+pub async fn decide(
+    pool: &PgPool,
+    path: &dyn PurchasePath,
+    request: &OrderRequest,
+) -> Result<Outcome, PathError> {
+    for attempt in 0..DECIDE_TRIES_MAX {
+        let mut stored = store::stored_outcomes(pool, &[request.request_id]).await?;
+        if let Some(outcome) = stored.remove(&request.request_id) {
+            return Ok(outcome);
+        }
+        match path.purchase(request).await {
+            Err(PathError::AlreadyDecided) => continue,
+            Err(PathError::BuyerInFlight) => {
+                let base = Duration::from_millis(5);
+                tokio::time::sleep(backoff::delay(attempt, base, Duration::from_millis(200))).await;
+            }
+            result => return result,
+        }
+    }
+    Err(PathError::Unavailable(
+        "the request could not be decided in time".into(),
+    ))
+}
+
+/// Inserts the order of a purchase in the caller's transaction. `None` when the user already
+/// holds an order for the item: the unique (item, user) constraint is the one-per-user check.
+pub async fn insert_order<'e>(
+    executor: impl PgExecutor<'e>,
+    request: &OrderRequest,
+) -> Result<Option<Uuid>, PathError> {
+    let order_id = Uuid::new_v4();
+    let inserted = sqlx::query(
+        "INSERT INTO orders (id, item_id, user_id, request_id) VALUES ($1, $2, $3, $4)
+         ON CONFLICT ON CONSTRAINT orders_one_per_user DO NOTHING",
+    )
+    .bind(order_id)
+    .bind(request.item_id)
+    .bind(&request.user_id)
+    .bind(request.request_id)
+    .execute(executor)
+    .await?;
+    Ok((inserted.rows_affected() == 1).then_some(order_id))
+}
+
+/// Stores a path's decision (`order_id` set exactly for a purchase). [`PathError::AlreadyDecided`]
+/// when the request id already has an outcome: the caller's transaction must then not commit.
+pub async fn record_outcome<'e>(
+    executor: impl PgExecutor<'e>,
+    path: &'static str,
+    request: &OrderRequest,
+    status: Status,
+    order_id: Option<Uuid>,
+) -> Result<Outcome, PathError> {
+    debug_assert_eq!(status == Status::Purchased, order_id.is_some());
+    let inserted = sqlx::query(
+        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request.request_id)
+    .bind(request.item_id)
+    .bind(&request.user_id)
+    .bind(status.as_str())
+    .bind(order_id)
+    .bind(path)
+    .execute(executor)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        return Err(PathError::AlreadyDecided);
+    }
+    Ok(Outcome {
+        request_id: request.request_id,
+        status,
+        order_id,
+    })
+}
+
+/// Records `already_purchased` for a user Redis lists as a buyer — but only once the user's order
+/// is committed: Redis learns of a purchase before PostgreSQL does, and that write may still fail
+/// and be undone. Until then [`PathError::BuyerInFlight`] (and [`decide`] asks again), so nobody
+/// is told `already_purchased` for an order that never lands.
+pub async fn record_repeat_buyer(
+    pool: &PgPool,
+    path: &'static str,
+    request: &OrderRequest,
+) -> Result<Outcome, PathError> {
+    let inserted = sqlx::query(
+        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
+         SELECT $1, $2, $3, 'already_purchased', NULL, $4
+         WHERE EXISTS (SELECT 1 FROM orders WHERE item_id = $2 AND user_id = $3)
+         ON CONFLICT (request_id) DO NOTHING",
+    )
+    .bind(request.request_id)
+    .bind(request.item_id)
+    .bind(&request.user_id)
+    .bind(path)
+    .execute(pool)
+    .await?;
+    if inserted.rows_affected() == 0 {
+        // No committed order yet, or this request id was decided meanwhile: `decide` re-reads.
+        return Err(PathError::BuyerInFlight);
+    }
+    Ok(Outcome {
+        request_id: request.request_id,
+        status: Status::AlreadyPurchased,
+        order_id: None,
+    })
+}
+
+/// A test's hook into the middle of a path, awaited at the path's race window (between its read
+/// and its write), so that a test can force requests to interleave there or a lock to expire.
+/// Empty — a no-op — everywhere but in tests.
+#[derive(Clone, Default)]
+pub struct Pause(Option<Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>>);
+
+impl Pause {
+    pub fn new(hook: impl Fn() -> BoxFuture<'static, ()> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(hook)))
+    }
+
+    pub async fn wait(&self) {
+        if let Some(hook) = &self.0 {
+            hook().await;
+        }
+    }
+}
+
+/// Every synchronous path by name, built once per process.
+pub struct Registry {
+    pool: PgPool,
+    paths: Vec<Box<dyn PurchasePath>>,
+    /// The Redis side of the `redis-*` paths; items are loaded into it when created.
+    pub redis: Arc<RedisStore>,
+}
+
+impl Registry {
+    /// Builds every path. Redis is connected lazily, so this needs neither Redis nor a runtime
+    /// with Redis up; a malformed Redis URL is the only error.
+    pub fn new(pool: PgPool, args: &PathArgs) -> anyhow::Result<Self> {
+        let redis = Arc::new(RedisStore::new(&args.redis)?);
+        let p = || pool.clone();
+        let paths: Vec<Box<dyn PurchasePath>> = vec![
+            Box::new(naive::Naive::new(p())),
+            Box::new(pessimistic::Pessimistic::new(p())),
+            Box::new(optimistic::Optimistic::new(
+                p(),
+                args.optimistic_retries_max,
+            )),
+            Box::new(conditional::Conditional::new(p())),
+            Box::new(advisory::Advisory::new(p())),
+            Box::new(redis_lock::RedisLock::new(
+                p(),
+                redis.clone(),
+                args.redis_lock_ttl(),
+                args.redis_lock_wait(),
+            )),
+            Box::new(redis_watch::RedisWatch::new(
+                p(),
+                redis.clone(),
+                args.optimistic_retries_max,
+            )),
+            Box::new(redis_lua::RedisLua::new(p(), redis.clone())),
+            Box::new(redis_list::RedisList::new(p(), redis.clone())),
+        ];
+        Ok(Self { pool, paths, redis })
+    }
+
+    /// The path called `name`. `queue` is not here: it decides asynchronously (see `api::orders`).
+    pub fn get(&self, name: &str) -> Option<&dyn PurchasePath> {
+        self.paths
+            .iter()
+            .find(|p| p.name() == name)
+            .map(|p| p.as_ref())
+    }
+
+    /// [`decide`] through this registry's pool.
+    pub async fn purchase(
+        &self,
+        path: &dyn PurchasePath,
+        request: &OrderRequest,
+    ) -> Result<Outcome, PathError> {
+        decide(&self.pool, path, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_name_but_queue_is_a_registered_path() {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let args = PathArgs {
+            optimistic_retries_max: 1,
+            redis_lock_ttl_ms: 100,
+            redis_lock_wait_ms: 100,
+            redis: crate::config::RedisArgs {
+                redis_url: "redis://127.0.0.1:1".into(),
+                redis_prefix: "unit".into(),
+            },
+        };
+        let registry = Registry::new(pool, &args).unwrap();
+        let registered: Vec<&str> = registry.paths.iter().map(|p| p.name()).collect();
+        assert_eq!(registered, NAMES[1..]);
+        assert!(registry.get("queue").is_none());
+        assert!(HELP.contains("naive        UNSAFE"));
+        for name in NAMES {
+            assert!(
+                HELP.contains(&format!("  {name} ")),
+                "{name} is in the help"
+            );
+        }
+    }
+}

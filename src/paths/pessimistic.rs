@@ -1,0 +1,81 @@
+//! `pessimistic` — lock the item's row for the whole decision.
+//!
+//! One transaction: `SELECT … FOR UPDATE` locks the item row and reads its stock; then, with the
+//! lock held, the user's orders are read, the decision made, and the order, the decrement and
+//! the outcome written; COMMIT releases the lock. Under contention every request for the item —
+//! sold out or not — queues on that row lock, so decisions are made strictly one at a time, each
+//! paying a whole transaction and its commit while the others wait: correct and simple, and
+//! capped by the database's commit rate on one row (≈ 700/s measured here with pgbench).
+
+use sqlx::PgPool;
+
+use super::{PathError, PurchasePath, insert_order, record_outcome};
+use crate::domain::{OrderRequest, Outcome, Status};
+
+pub struct Pessimistic {
+    pool: PgPool,
+}
+
+impl Pessimistic {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+#[async_trait::async_trait]
+impl PurchasePath for Pessimistic {
+    fn name(&self) -> &'static str {
+        "pessimistic"
+    }
+
+    async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
+        let mut tx = self.pool.begin().await?;
+        let stock: i64 =
+            sqlx::query_scalar("SELECT stock_remaining FROM items WHERE id = $1 FOR UPDATE")
+                .bind(request.item_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or(PathError::NoSuchItem)?;
+        // A statement of its own, so its snapshot is taken after the lock was granted and
+        // includes the orders of every transaction that held it before.
+        let is_buyer: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)",
+        )
+        .bind(request.item_id)
+        .bind(&request.user_id)
+        .fetch_one(&mut *tx)
+        .await?;
+
+        let outcome = if is_buyer {
+            record_outcome(
+                &mut *tx,
+                self.name(),
+                request,
+                Status::AlreadyPurchased,
+                None,
+            )
+            .await?
+        } else if stock == 0 {
+            record_outcome(&mut *tx, self.name(), request, Status::SoldOut, None).await?
+        } else {
+            // A conflict is impossible under the lock unless another path sold meanwhile.
+            let order_id = insert_order(&mut *tx, request)
+                .await?
+                .ok_or(PathError::AlreadyDecided)?;
+            sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
+                .bind(request.item_id)
+                .execute(&mut *tx)
+                .await?;
+            record_outcome(
+                &mut *tx,
+                self.name(),
+                request,
+                Status::Purchased,
+                Some(order_id),
+            )
+            .await?
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+}
