@@ -10,7 +10,10 @@ use tracing_subscriber::EnvFilter;
 
 use seckill::api::{self, AppState};
 use seckill::broker::{publisher::Publisher, topology::Topology};
-use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, ServeArgs, redact_url};
+use seckill::config::{
+    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs, redact_url,
+};
+use seckill::paths::{self, Registry, redis_store::RedisStore};
 use seckill::{audit, consumer, demo, store};
 
 /// Flash-sale order processor: purchase requests go through RabbitMQ, and one consumer per item
@@ -27,7 +30,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the HTTP API (producer side): accepts orders and publishes them to RabbitMQ.
+    /// Run the HTTP API (producer side): accepts orders and publishes them to RabbitMQ, or, with
+    /// ?path=NAME, decides them through a lock-based path (naive is UNSAFE: it oversells).
+    #[command(after_help = paths::HELP)]
     Serve {
         #[command(flatten)]
         serve: ServeArgs,
@@ -41,6 +46,8 @@ enum Command {
         with_consumer: bool,
         #[command(flatten)]
         consumer: ConsumerArgs,
+        #[command(flatten)]
+        paths: PathArgs,
     },
     /// Run the consumer daemon: decides the requests of every partition it is active on.
     /// Start several for failover: one is active per partition, the others wait.
@@ -56,6 +63,22 @@ enum Command {
     Migrate {
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Load items from PostgreSQL into Redis for the redis-* paths, overwriting what Redis has.
+    ///
+    /// Copies each item's stock, buyers and fencing counter. Run it while no Redis-path sale of
+    /// those items is on: after Redis lost its data, or after selling an item through another path.
+    RedisLoad {
+        /// Item to load.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        item: Option<i64>,
+        /// Load every item.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// Check the invariants of a sale from the database; exit status 1 on any violation.
     Audit {
@@ -111,6 +134,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             broker,
             with_consumer,
             consumer: consumer_args,
+            paths: path_args,
         } => {
             if !serve.bind.ip().is_loopback()
                 && serve.admin_token.is_none()
@@ -123,6 +147,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 );
             }
             let pool = store::connect(&database).await?;
+            let registry = Registry::new(pool.clone(), &path_args)?;
             let publisher =
                 Arc::new(Publisher::connect(&broker.amqp_url, Topology::new(&broker)).await?);
             let shutdown = shutdown_on_signal();
@@ -146,7 +171,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             api::serve(
                 listener,
-                AppState::new(pool, publisher, serve.admin_token),
+                AppState::new(pool, publisher, serve.admin_token).with_paths(registry),
                 shutdown,
             )
             .await?;
@@ -177,6 +202,27 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 "database {} is migrated",
                 redact_url(&database.database_url)
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::RedisLoad {
+            item,
+            all: _,
+            database,
+            redis,
+        } => {
+            let pool = store::connect(&database).await?;
+            let store = RedisStore::new(&redis)?;
+            let shown = redact_url(&redis.redis_url);
+            match item {
+                Some(id) => {
+                    store.load_item(&pool, id, true).await?;
+                    println!("item {id} loaded into Redis at {shown}");
+                }
+                None => {
+                    let loaded = store.load_all(&pool).await?;
+                    println!("{loaded} item(s) loaded into Redis at {shown}");
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Audit {

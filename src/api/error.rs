@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::broker::publisher::PublishError;
 use crate::domain::InvalidInput;
+use crate::paths::PathError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -58,6 +59,21 @@ impl ApiError {
 impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         ApiError::Unavailable(e.to_string())
+    }
+}
+
+impl From<PathError> for ApiError {
+    fn from(e: PathError) -> Self {
+        match e {
+            PathError::NoSuchItem => ApiError::NotFound("item"),
+            PathError::Unsupported(message) => ApiError::client(StatusCode::BAD_REQUEST, message),
+            PathError::Unavailable(detail) => ApiError::Unavailable(detail),
+            PathError::Database(e) => ApiError::Database(e),
+            // Settled inside `paths::decide`; reaching here means it gave up on them.
+            e @ (PathError::AlreadyDecided | PathError::BuyerInFlight | PathError::Redis(_)) => {
+                ApiError::Internal(e.into())
+            }
+        }
     }
 }
 

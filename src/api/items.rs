@@ -27,6 +27,16 @@ pub async fn create(
     authorize(&state, &headers)?;
     validate_item(&new.name, new.stock)?;
     let item = store::create_item(&state.pool, new.name.trim(), new.stock).await?;
+    // The Redis paths decide from Redis: hand them the item now. They also load an item they
+    // find missing, so a Redis that is down only costs a warning here.
+    if let Err(e) = state
+        .paths
+        .redis
+        .load_item(&state.pool, item.id, true)
+        .await
+    {
+        tracing::warn!(item_id = item.id, error = %e, "item not loaded into Redis");
+    }
     tracing::info!(
         item_id = item.id,
         stock = item.stock_initial,

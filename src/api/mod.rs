@@ -7,6 +7,7 @@
 //! | `POST /items` | create an item (admin token when configured) |
 //! | `GET /items/{id}` | stock initial / remaining / sold |
 //! | `POST /orders[?wait=ms]` | accept a purchase request (202), or its decision (200) |
+//! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200): see [`crate::paths`] |
 //! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted |
 //! | `GET /healthz` | 200 when database and broker are reachable, else 503 |
 
@@ -27,7 +28,9 @@ use serde_json::json;
 use sqlx::PgPool;
 
 use crate::broker::publisher::Publisher;
+use crate::config::PathArgs;
 use crate::domain::ItemId;
+use crate::paths::Registry;
 use accepted::AcceptedLog;
 
 /// Largest request body accepted (a real one is under 200 bytes).
@@ -44,18 +47,34 @@ pub struct AppState {
     pub accepted: AcceptedLog,
     /// Constant-time-compared bearer token of admin endpoints, if any.
     pub admin_token: Option<String>,
+    /// The synchronous purchase paths (`POST /orders?path=NAME`).
+    pub paths: Arc<Registry>,
     /// Items known to exist, so `POST /orders` costs no database read on the hot path.
     known_items: Arc<RwLock<HashSet<ItemId>>>,
 }
 
 impl AppState {
+    /// With the purchase paths configured from the environment (`SECKILL_REDIS_PREFIX`, ...);
+    /// see [`AppState::with_paths`] to configure them explicitly.
     pub fn new(pool: PgPool, publisher: Arc<Publisher>, admin_token: Option<String>) -> Self {
+        let paths = PathArgs::from_env()
+            .and_then(|args| Registry::new(pool.clone(), &args))
+            .unwrap_or_else(|e| panic!("purchase paths from the environment: {e:#}"));
         Self {
             accepted: AcceptedLog::start(pool.clone()),
+            paths: Arc::new(paths),
             pool,
             publisher,
             admin_token,
             known_items: Arc::default(),
+        }
+    }
+
+    /// Replaces the purchase paths (e.g. built from the command line's [`PathArgs`]).
+    pub fn with_paths(self, paths: Registry) -> Self {
+        Self {
+            paths: Arc::new(paths),
+            ..self
         }
     }
 

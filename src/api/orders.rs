@@ -1,4 +1,5 @@
-//! `POST /orders` and `GET /orders/{request_id}`: the producer side of the queue path.
+//! `POST /orders` and `GET /orders/{request_id}`: the producer side of the queue path, and the
+//! door to the synchronous lock-based paths (`?path=NAME`, see [`crate::paths`]).
 
 use std::time::Duration;
 
@@ -12,6 +13,7 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use crate::domain::{ItemId, OrderRequest, Outcome, validate_user_id};
+use crate::paths;
 use crate::store::{self, RequestState};
 
 /// Longest `?wait=` honoured, in milliseconds.
@@ -30,6 +32,8 @@ pub struct NewOrder {
 pub struct OrderParams {
     /// Milliseconds to wait for the decision before answering `202`.
     pub wait: Option<u64>,
+    /// Purchase path: `queue` (the default) or one of the synchronous [`paths::NAMES`].
+    pub path: Option<String>,
 }
 
 /// The body of every order answer: `{"request_id", "status", "order_id"?}`.
@@ -63,11 +67,24 @@ impl From<Outcome> for OrderStatus {
 
 /// `POST /orders[?wait=ms]`: checks the item, records and publishes the request (202 only once
 /// the broker confirmed it), and with `wait` answers 200 with the decision if it comes in time.
+/// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200.
 pub async fn create(
     State(state): State<AppState>,
     Query(params): Query<OrderParams>,
     Json(new): Json<NewOrder>,
 ) -> Result<Response, ApiError> {
+    let sync_path = match params.path.as_deref() {
+        None | Some("queue") => None,
+        Some(name) => Some(state.paths.get(name).ok_or_else(|| {
+            ApiError::client(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown path {name:?}; valid paths: {} (naive is UNSAFE: it oversells)",
+                    paths::NAMES.join(", ")
+                ),
+            )
+        })?),
+    };
     validate_user_id(&new.user_id)?;
     if !state.item_exists(new.item_id).await? {
         return Err(ApiError::NotFound("item"));
@@ -77,6 +94,10 @@ pub async fn create(
         item_id: new.item_id,
         user_id: new.user_id,
     };
+    if let Some(path) = sync_path {
+        let outcome = state.paths.purchase(path, &request).await?;
+        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+    }
     let wait = params
         .wait
         .filter(|ms| *ms > 0)
