@@ -19,7 +19,7 @@ use uuid::Uuid;
 use seckill::api::{self, AppState};
 use seckill::broker::publisher::Publisher;
 use seckill::broker::topology::Topology;
-use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs};
+use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs};
 
 pub const PARTITIONS: u16 = 4;
 
@@ -73,6 +73,20 @@ impl TestEnv {
         env
     }
 
+    /// The lock-based paths' settings, with this test's own Redis key prefix (its queue prefix).
+    pub fn path_args(&self) -> PathArgs {
+        PathArgs {
+            optimistic_retries_max: 8,
+            redis_lock_ttl_ms: 2000,
+            redis_lock_wait_ms: 30_000,
+            redis: RedisArgs {
+                redis_url: std::env::var("REDIS_URL")
+                    .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+                redis_prefix: self.broker.queue_prefix.clone(),
+            },
+        }
+    }
+
     pub fn consumer_args(&self) -> ConsumerArgs {
         ConsumerArgs {
             batch_size_max: 200,
@@ -101,7 +115,10 @@ impl TestEnv {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
-        let state = AppState::new(self.pool.clone(), publisher, admin_token.map(str::to_owned));
+        let paths = seckill::paths::Registry::new(self.pool.clone(), &self.path_args())
+            .expect("purchase paths");
+        let state = AppState::new(self.pool.clone(), publisher, admin_token.map(str::to_owned))
+            .with_paths(paths);
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
         TestApi {
             base,
@@ -253,10 +270,13 @@ impl TestEnv {
         report
     }
 
-    /// Drops the queues and the database.
+    /// Drops the queues, the Redis keys and the database.
     pub async fn cleanup(self) {
         let channel = self.channel().await;
         let _ = self.topology.delete(&channel).await;
+        if let Ok(redis) = seckill::paths::redis_store::RedisStore::new(&self.path_args().redis) {
+            let _ = redis.clear().await;
+        }
         self.pool.close().await;
         let _ = sqlx::Postgres::drop_database(&self.database.database_url).await;
     }
