@@ -267,7 +267,8 @@ async fn decide_and_commit(
         .filter(|(_, r)| !unknown.contains(&r.item_id))
         .map(|(_, r)| r.clone())
         .collect();
-    let decision = sequencer.decide_batch(&requests, &stored, Uuid::new_v4);
+    // Time-ordered ids keep the orders primary-key index appending at its right edge.
+    let decision = sequencer.decide_batch(&requests, &stored, Uuid::now_v7);
     crate::failpoint::hit("before_commit");
     store::commit_batch(pool, PATH, &decision).await?;
     crate::failpoint::hit("after_commit");
