@@ -24,7 +24,8 @@
 //!   (`POST /orders?path=NAME`: pessimistic, optimistic, advisory, Redis locks and scripts, and
 //!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema.
 //! - [`audit`]: the invariants, checked from the database alone.
-//! - [`demo`]: the end-to-end run the README starts with.
+//! - [`bench`]: `seckill bench`, every path on one scenario: throughput, latency, audit.
+//! - [`demo`]: one queue-path sale end to end, the quickest look.
 //! - [`backoff`]: capped, jittered retry delays; [`failpoint`]: crash switches for crash tests.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
@@ -32,6 +33,7 @@
 pub mod api;
 pub mod audit;
 pub mod backoff;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod consumer;

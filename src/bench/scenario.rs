@@ -1,0 +1,158 @@
+//! Load scenarios: who asks for what, in which order. Pure and seeded, so a run is reproducible
+//! from its seed (the same seed gives the same requests in the same order).
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// The shape of the demand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScenarioKind {
+    /// One item, stock far below demand; every user tries 1–3 times.
+    Hot,
+    /// Many items (≥ 1,000), modest demand each.
+    Spread,
+    /// Few users hammering one item, many times each.
+    RetryStorm,
+}
+
+/// Sizes of a scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScenarioSpec {
+    pub kind: ScenarioKind,
+    /// Total purchase requests.
+    pub requests: usize,
+    /// Distinct buyers.
+    pub users: usize,
+    /// Units per item.
+    pub stock_per_item: i64,
+    /// Items on sale (1 for `hot` and `retry-storm`).
+    pub items: usize,
+    pub seed: u64,
+}
+
+/// One purchase attempt: which item (index into the scenario's items) and which user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    pub item: usize,
+    pub user: String,
+}
+
+impl ScenarioSpec {
+    /// The attempts in the order they are sent.
+    pub fn attempts(&self) -> Vec<Attempt> {
+        let mut rng = StdRng::seed_from_u64(self.seed);
+        let users = self.users.max(1);
+        let items = self.items.max(1);
+        let mut attempts = Vec::with_capacity(self.requests);
+        match self.kind {
+            ScenarioKind::Hot | ScenarioKind::RetryStorm => {
+                // Each user in turn asks 1–3 times (retry-storm: many more), until the total is
+                // reached; then the order is shuffled as concurrent clients would interleave.
+                let (tries_min, tries_max) = match self.kind {
+                    ScenarioKind::Hot => (1, 3),
+                    _ => (self.requests / users / 2 + 1, self.requests / users * 2 + 1),
+                };
+                let mut user = 0;
+                while attempts.len() < self.requests {
+                    let tries = rng.random_range(tries_min..=tries_max);
+                    for _ in 0..tries.min(self.requests - attempts.len()) {
+                        attempts.push(Attempt {
+                            item: 0,
+                            user: format!("user-{}", user % users),
+                        });
+                    }
+                    user += 1;
+                }
+            }
+            ScenarioKind::Spread => {
+                for _ in 0..self.requests {
+                    attempts.push(Attempt {
+                        item: rng.random_range(0..items),
+                        user: format!("user-{}", rng.random_range(0..users)),
+                    });
+                }
+            }
+        }
+        attempts.shuffle(&mut rng);
+        attempts
+    }
+
+    /// Units on sale in total.
+    pub fn stock_total(&self) -> i64 {
+        self.stock_per_item * self.items.max(1) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{HashMap, HashSet};
+
+    fn spec(kind: ScenarioKind) -> ScenarioSpec {
+        ScenarioSpec {
+            kind,
+            requests: 3000,
+            users: 1000,
+            stock_per_item: 5,
+            items: if kind == ScenarioKind::Spread {
+                1000
+            } else {
+                1
+            },
+            seed: 42,
+        }
+    }
+
+    #[test]
+    fn same_seed_same_attempts_other_seed_other_order() {
+        let a = spec(ScenarioKind::Hot).attempts();
+        assert_eq!(a, spec(ScenarioKind::Hot).attempts());
+        let other = ScenarioSpec {
+            seed: 43,
+            ..spec(ScenarioKind::Hot)
+        }
+        .attempts();
+        assert_ne!(a, other);
+    }
+
+    #[test]
+    fn hot_is_one_item_each_user_one_to_three_times() {
+        let a = spec(ScenarioKind::Hot).attempts();
+        assert_eq!(a.len(), 3000);
+        assert!(a.iter().all(|x| x.item == 0));
+        let mut per_user: HashMap<&str, usize> = HashMap::new();
+        for x in &a {
+            *per_user.entry(&x.user).or_default() += 1;
+        }
+        // Users wrap around once the list is exhausted, so allow up to 2 rounds of 3.
+        assert!(
+            per_user.values().all(|&n| (1..=6).contains(&n)),
+            "{per_user:?}"
+        );
+        assert!(per_user.len() >= 900, "most users take part");
+    }
+
+    #[test]
+    fn spread_covers_many_items() {
+        let a = spec(ScenarioKind::Spread).attempts();
+        let items: HashSet<_> = a.iter().map(|x| x.item).collect();
+        assert!(items.len() > 900, "{}", items.len());
+        assert!(a.iter().all(|x| x.item < 1000));
+    }
+
+    #[test]
+    fn retry_storm_is_few_users_many_times() {
+        let s = ScenarioSpec {
+            users: 20,
+            ..spec(ScenarioKind::RetryStorm)
+        };
+        let a = s.attempts();
+        assert_eq!(a.len(), 3000);
+        let users: HashSet<_> = a.iter().map(|x| x.user.clone()).collect();
+        assert!(users.len() <= 20);
+        assert!(a.len() / users.len() >= 50);
+    }
+}
