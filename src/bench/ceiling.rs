@@ -26,8 +26,16 @@ use crate::store;
 /// Most publishes awaiting their confirm at once.
 const CONFIRMS_IN_FLIGHT_MAX: usize = 1000;
 
-/// Messages per second through the broker alone: `count` persistent ~100-byte messages published
-/// with confirms to a durable single-active-consumer queue and consumed with batched acks.
+/// The broker alone, in two shapes, on a durable queue with the partition queues' arguments,
+/// ~100-byte persistent messages, confirms (up to 1,000 in flight) and batched acks:
+/// - `flowing_per_s`: publish and consume at once, end to end (what the queue path does);
+/// - `draining_per_s`: consume only, from a queue pre-filled with the messages (what the
+///   consumer does when it drains a backlog) — the most one partition's consumer can receive.
+pub struct BrokerCeiling {
+    pub flowing_per_s: f64,
+    pub draining_per_s: f64,
+}
+
 pub async fn broker_alone(
     amqp_url: &str,
     topology: &crate::broker::topology::Topology,
@@ -35,10 +43,9 @@ pub async fn broker_alone(
     count: usize,
     prefetch: u16,
     ack_every: usize,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<BrokerCeiling> {
     let connection = broker::connect(amqp_url, "seckill-bench-ceiling").await?;
     let publish = connection.create_channel().await?;
-    let consume = connection.create_channel().await?;
     publish
         .queue_declare(
             queue.into(),
@@ -53,47 +60,59 @@ pub async fn broker_alone(
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
-    consume
-        .basic_qos(prefetch, BasicQosOptions { global: false })
-        .await?;
-    let mut deliveries = consume
-        .basic_consume(
-            queue.into(),
-            "ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
 
+    let started = Instant::now();
+    let consumer = tokio::spawn(consume(
+        connection.create_channel().await?,
+        queue.to_string(),
+        count,
+        prefetch,
+        ack_every,
+    ));
+    publish_confirmed(&publish, queue, count).await?;
+    consumer.await??;
+    let flowing_per_s = count as f64 / started.elapsed().as_secs_f64();
+
+    publish_confirmed(&publish, queue, count).await?;
+    let started = Instant::now();
+    consume(
+        connection.create_channel().await?,
+        queue.to_string(),
+        count,
+        prefetch,
+        ack_every,
+    )
+    .await?;
+    let draining_per_s = count as f64 / started.elapsed().as_secs_f64();
+
+    publish
+        .queue_delete(queue.into(), QueueDeleteOptions::default())
+        .await?;
+    let _ = connection.close(200, "done".into()).await;
+    Ok(BrokerCeiling {
+        flowing_per_s,
+        draining_per_s,
+    })
+}
+
+/// Publishes `count` request-sized persistent messages, keeping up to 1,000 confirms in flight.
+async fn publish_confirmed(
+    channel: &lapin::Channel,
+    queue: &str,
+    count: usize,
+) -> anyhow::Result<()> {
     let sample = OrderRequest {
         request_id: Uuid::now_v7(),
         item_id: 1,
         user_id: "user-123456".into(),
     };
     let body = message::encode(&sample);
-    let started = Instant::now();
-    let consumer = tokio::spawn(async move {
-        let mut received = 0;
-        while received < count {
-            let Some(Ok(delivery)) = deliveries.next().await else {
-                anyhow::bail!("ceiling consumer ended early");
-            };
-            received += 1;
-            if received % ack_every == 0 || received == count {
-                delivery
-                    .acker
-                    .ack(BasicAckOptions { multiple: true })
-                    .await?;
-            }
-        }
-        anyhow::Ok(())
-    });
     let mut in_flight = FuturesUnordered::new();
     for _ in 0..count {
         if in_flight.len() >= CONFIRMS_IN_FLIGHT_MAX {
             in_flight.next().await.transpose()?;
         }
-        let confirm = publish
+        let confirm = channel
             .basic_publish(
                 "".into(),
                 queue.into(),
@@ -105,13 +124,43 @@ pub async fn broker_alone(
         in_flight.push(confirm);
     }
     while in_flight.next().await.transpose()?.is_some() {}
-    consumer.await??;
-    let elapsed = started.elapsed();
-    publish
-        .queue_delete(queue.into(), QueueDeleteOptions::default())
+    Ok(())
+}
+
+/// Consumes and acks (every `ack_every`, multiple) `count` messages, then cancels.
+async fn consume(
+    channel: lapin::Channel,
+    queue: String,
+    count: usize,
+    prefetch: u16,
+    ack_every: usize,
+) -> anyhow::Result<()> {
+    channel
+        .basic_qos(prefetch, BasicQosOptions { global: false })
         .await?;
-    let _ = connection.close(200, "done".into()).await;
-    Ok(count as f64 / elapsed.as_secs_f64())
+    let mut deliveries = channel
+        .basic_consume(
+            queue.into(),
+            "ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut received = 0;
+    while received < count {
+        let Some(Ok(delivery)) = deliveries.next().await else {
+            anyhow::bail!("ceiling consumer ended early");
+        };
+        received += 1;
+        if received % ack_every == 0 || received == count {
+            delivery
+                .acker
+                .ack(BasicAckOptions { multiple: true })
+                .await?;
+        }
+    }
+    channel.close(200, "done".into()).await?;
+    Ok(())
 }
 
 /// Decisions per second of the consumer's database work alone: `requests` decided by the
@@ -162,6 +211,30 @@ pub async fn wait_decided(
             "only {decided} of {expected} requests were decided within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until every one of `request_ids` has an outcome (primary-key lookups only).
+pub async fn wait_requests_decided(
+    pool: &PgPool,
+    request_ids: &[Uuid],
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let decided: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1::uuid[])")
+                .bind(request_ids)
+                .fetch_one(pool)
+                .await?;
+        if decided >= request_ids.len() as i64 {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "requests not decided within {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

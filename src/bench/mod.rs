@@ -166,8 +166,10 @@ pub struct PathResult {
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ceilings {
-    /// Broker alone: publish-confirm → consume → ack, messages per second.
+    /// Broker alone: publish-confirm → consume → ack at once, messages per second.
     pub broker_msgs_per_s: Option<f64>,
+    /// Broker alone, draining a pre-filled queue (consume + ack only), messages per second.
+    pub broker_drain_msgs_per_s: Option<f64>,
     /// Database alone: decide + group commit, decisions per second.
     pub database_decisions_per_s: Option<f64>,
     /// Consumer alone, draining a pre-filled queue: decisions per second.
@@ -246,8 +248,12 @@ pub async fn run(
             publisher = Some(Arc::clone(&p));
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let url = format!("http://{}", listener.local_addr()?);
-            let state = AppState::new(pool.clone(), p, None)
-                .with_paths(Registry::new(pool.clone(), &path_args)?);
+            let state = AppState::new(
+                pool.clone(),
+                p,
+                Registry::new(pool.clone(), &path_args)?,
+                None,
+            );
             tokio::spawn(api::serve(listener, state, shutdown.clone()));
             url
         }
@@ -282,7 +288,8 @@ pub async fn run(
         args.via,
         spec.seed
     );
-    let attempts = spec.attempts();
+    let attempts = Arc::new(spec.attempts());
+    let bench = Arc::new(bench);
     let mut results = Vec::new();
     let mut all_items = Vec::new();
     for path in &paths {
@@ -341,32 +348,35 @@ pub async fn run(
 
 /// Runs the scenario through one path: fresh items, the load, then the audit.
 async fn run_path(
-    bench: &Bench,
+    bench: &Arc<Bench>,
     path: &str,
     spec: &ScenarioSpec,
-    attempts: &[Attempt],
+    attempts: &Arc<Vec<Attempt>>,
 ) -> anyhow::Result<(PathResult, Vec<i64>)> {
-    let items = create_items(bench, path, spec).await?;
+    let items = Arc::new(create_items(bench, path, spec).await?);
     let progress = report::progress_bar(path, attempts.len() as u64);
-    let next = AtomicUsize::new(0);
+    let next = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
-    let workers = (0..bench.concurrency).map(|_| async {
-        let mut recorder = Recorder::default();
-        loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
-            let Some(attempt) = attempts.get(i) else {
-                return recorder;
-            };
-            let sent = Instant::now();
-            let outcome = send(bench, path, items[attempt.item], &attempt.user).await;
-            recorder.record(&outcome, sent.elapsed());
-            progress.inc(1);
-        }
-    });
-    let recorders = futures::future::join_all(workers).await;
+    // One task per simulated client, so the load spreads over the runtime's worker threads.
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..bench.concurrency {
+        let (bench, attempts, items) =
+            (Arc::clone(bench), Arc::clone(attempts), Arc::clone(&items));
+        let (next, progress, path) = (Arc::clone(&next), progress.clone(), path.to_string());
+        workers.spawn(async move {
+            let mut recorder = Recorder::default();
+            while let Some(attempt) = attempts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let sent = Instant::now();
+                let outcome = send(&bench, &path, items[attempt.item], &attempt.user).await;
+                recorder.record(&outcome, sent.elapsed());
+                progress.inc(1);
+            }
+            recorder
+        });
+    }
     let mut recorder = Recorder::default();
-    for r in &recorders {
-        recorder.merge(r);
+    while let Some(worker) = workers.join_next().await {
+        recorder.merge(&worker?);
     }
     // The queue path may have answered `pending` to some; the run ends at the last decision.
     let errors = recorder.count("error");
@@ -391,7 +401,7 @@ async fn run_path(
     let mut violations = Vec::new();
     let mut orders = 0;
     let mut oversold = false;
-    for &item in &items {
+    for &item in items.iter() {
         let a = audit::audit_item(&bench.pool, item, true)
             .await?
             .ok_or_else(|| anyhow::anyhow!("item {item} vanished"))?;
@@ -416,7 +426,7 @@ async fn run_path(
         },
         cdf: recorder.cdf(100),
     };
-    Ok((result, items))
+    Ok((result, items.to_vec()))
 }
 
 /// Creates the scenario's items through the API (which also loads them into Redis).
@@ -503,6 +513,9 @@ async fn send_direct(bench: &Bench, path: &str, item_id: i64, user: &str) -> Str
     }
 }
 
+/// Fewest messages a broker ceiling is measured with: shorter runs are mostly ramp-up.
+const CEILING_MESSAGES_MIN: usize = 30_000;
+
 /// Broker alone, database alone, and the consumer draining a pre-filled queue.
 async fn measure_ceilings(
     pool: &PgPool,
@@ -512,8 +525,14 @@ async fn measure_ceilings(
     attempts: &[Attempt],
     all_items: &mut Vec<i64>,
 ) -> anyhow::Result<Ceilings> {
+    // Ceilings run on at least CEILING_MESSAGES_MIN requests: the scenario's, repeated.
+    let attempts: Vec<&Attempt> = attempts
+        .iter()
+        .cycle()
+        .take(attempts.len().max(CEILING_MESSAGES_MIN))
+        .collect();
     let count = attempts.len();
-    eprintln!("measuring ceilings with {count} requests each…");
+    eprintln!("measuring the ceilings with {count} messages…");
     let broker_rate = ceiling::broker_alone(
         &broker.amqp_url,
         &Topology::new(broker),
@@ -567,11 +586,19 @@ async fn measure_ceilings(
         consumer_args.clone(),
         stop.clone(),
     ));
+    // Each partition is decided in queue order, so its last request decided means all of it
+    // is: watching those few ids by primary key keeps the probe from loading the database.
+    let mut last_of_partition = std::collections::HashMap::new();
+    for r in &requests {
+        last_of_partition.insert(topology.partition_of(r.item_id), r.request_id);
+    }
+    let last: Vec<Uuid> = last_of_partition.into_values().collect();
+    ceiling::wait_requests_decided(pool, &last, Duration::from_secs(300)).await?;
     ceiling::wait_decided(
         pool,
         &prefill_items,
         requests.len() as i64,
-        Duration::from_secs(300),
+        Duration::from_secs(10),
     )
     .await?;
     let consumer_rate = requests.len() as f64 / started.elapsed().as_secs_f64();
@@ -581,7 +608,8 @@ async fn measure_ceilings(
     topology.delete(&connection.create_channel().await?).await?;
 
     Ok(Ceilings {
-        broker_msgs_per_s: Some(broker_rate),
+        broker_msgs_per_s: Some(broker_rate.flowing_per_s),
+        broker_drain_msgs_per_s: Some(broker_rate.draining_per_s),
         database_decisions_per_s: Some(db_rate),
         consumer_prefilled_per_s: Some(consumer_rate),
     })

@@ -102,6 +102,12 @@ pub fn table(results: &BenchResults) -> String {
             fraction(c.broker_msgs_per_s)
         );
     }
+    if let Some(b) = c.broker_drain_msgs_per_s {
+        let _ = writeln!(
+            out,
+            "ceiling, broker draining:   {b:>8.0} msg/s (consume + ack of a pre-filled queue)"
+        );
+    }
     if let Some(d) = c.database_decisions_per_s {
         let _ = writeln!(
             out,
