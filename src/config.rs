@@ -120,6 +120,35 @@ pub struct ServeArgs {
     /// Listen on a non-loopback address even without an admin token.
     #[arg(long, env = "SECKILL_ALLOW_PUBLIC_WITHOUT_TOKEN")]
     pub allow_public_without_token: bool,
+
+    #[command(flatten)]
+    pub limits: ApiLimits,
+}
+
+/// The API's bounds under overload: past them it answers at once rather than queue work and
+/// grow memory and latency without limit.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct ApiLimits {
+    /// Most HTTP requests handled at once (`/healthz` and `/metrics` aside); past it a request
+    /// is answered `503` at once (load shedding), with `Retry-After`.
+    #[arg(long, env = "SECKILL_HTTP_IN_FLIGHT_MAX", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub http_in_flight_max: u32,
+
+    /// Most clients waiting (`?wait=`) for a decision at once; past it a request is answered
+    /// `202 pending` without waiting (the client asks `GET /orders/{id}` later).
+    #[arg(long, env = "SECKILL_REPLY_WAITERS_MAX", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub reply_waiters_max: u32,
+}
+
+impl Default for ApiLimits {
+    fn default() -> Self {
+        Self {
+            http_in_flight_max: 4096,
+            reply_waiters_max: 10_000,
+        }
+    }
 }
 
 /// Where Redis is, for the `redis-*` purchase paths. The connection is opened lazily: the API

@@ -15,8 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::audit;
 use crate::broker::{publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs};
+use crate::config::{BrokerArgs, ConsumerArgs, PathArgs};
 use crate::consumer;
+use crate::paths::Registry;
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -51,9 +52,10 @@ pub async fn run(
     let publisher = Arc::new(Publisher::connect(&broker.amqp_url, Topology::new(&broker)).await?);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
+    let paths = Registry::new(pool.clone(), &PathArgs::from_env()?)?;
     let server = tokio::spawn(api::serve(
         listener,
-        AppState::new(pool.clone(), publisher, None),
+        AppState::new(pool.clone(), publisher, paths, None),
         shutdown.clone(),
     ));
 

@@ -27,6 +27,7 @@
 //! - [`bench`]: `seckill bench`, every path on one scenario: throughput, latency, audit.
 //! - [`demo`]: one queue-path sale end to end, the quickest look.
 //! - [`backoff`]: capped, jittered retry delays; [`failpoint`]: crash switches for crash tests.
+//! - [`metrics`]: the process's counters and histograms, served as `GET /metrics`.
 //!
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
@@ -40,5 +41,6 @@ pub mod consumer;
 pub mod demo;
 pub mod domain;
 pub mod failpoint;
+pub mod metrics;
 pub mod paths;
 pub mod store;

@@ -58,6 +58,9 @@ enum Command {
         broker: BrokerArgs,
         #[command(flatten)]
         consumer: ConsumerArgs,
+        /// Serve `GET /metrics` (Prometheus text format) on this address; unset, no listener.
+        #[arg(long, env = "SECKILL_METRICS_BIND")]
+        metrics_bind: Option<std::net::SocketAddr>,
     },
     /// Create the database if needed and apply pending migrations, then exit.
     Migrate {
@@ -185,7 +188,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             api::serve(
                 listener,
-                AppState::new(pool, publisher, serve.admin_token).with_paths(registry),
+                AppState::new(pool, publisher, registry, serve.admin_token)
+                    .with_limits(serve.limits),
                 shutdown,
             )
             .await?;
@@ -199,15 +203,30 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             database,
             broker,
             consumer: consumer_args,
+            metrics_bind,
         } => {
             let pool = store::connect(&database).await?;
+            let shutdown = shutdown_on_signal();
+            if let Some(bind) = metrics_bind {
+                let listener = tokio::net::TcpListener::bind(bind)
+                    .await
+                    .with_context(|| format!("cannot listen on {bind}"))?;
+                tracing::info!(%bind, "serving /metrics");
+                let stop = shutdown.clone();
+                tokio::spawn(async move {
+                    axum::serve(listener, api::metrics_router())
+                        .with_graceful_shutdown(async move { stop.cancelled().await })
+                        .await
+                });
+            }
             tracing::info!(
                 broker = %redact_url(&broker.amqp_url),
                 partitions = broker.partitions,
                 batch_size_max = consumer_args.batch_size_max,
                 "consumer starting"
             );
-            consumer::run(pool, broker, consumer_args, shutdown_on_signal()).await?;
+            consumer::run(pool, broker, consumer_args, shutdown).await?;
+            tracing::info!("consumer exiting");
             Ok(ExitCode::SUCCESS)
         }
         Command::Migrate { database } => {

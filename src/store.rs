@@ -4,11 +4,13 @@
 //! so a batch of any size is one fixed statement.
 
 use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::migrate::MigrateDatabase;
-use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{Connection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
@@ -18,7 +20,21 @@ use crate::domain::{ItemId, OrderRequest, Outcome, Status};
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Longest any one statement may run; past it PostgreSQL cancels it (the API answers 503). A
+/// real statement here takes milliseconds: this only stops a stuck one from holding a request,
+/// a connection and its locks forever.
+pub const STATEMENT_TIMEOUT: &str = "30s";
+/// Longest a statement waits for a row lock (`SELECT … FOR UPDATE` on a hot item); past it the
+/// request is answered 503 instead of queueing behind the lock without bound.
+pub const LOCK_TIMEOUT: &str = "10s";
+/// A session idle inside a transaction this long (a client that hung mid-transaction) is ended,
+/// releasing its locks.
+pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
+/// Longest wait for a pooled connection; then the caller gets `PoolTimedOut` (503).
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Opens a pool, creating the database if it is missing and applying pending migrations.
+/// Every pooled connection carries the timeouts above, so nothing waits on PostgreSQL forever.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let shown = redact_url(&args.database_url);
     if !Postgres::database_exists(&args.database_url)
@@ -28,13 +44,30 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         tracing::info!(database = %shown, "creating database");
         Postgres::create_database(&args.database_url).await?;
     }
-    let pool = PgPoolOptions::new()
-        .max_connections(args.db_pool_max)
-        .acquire_timeout(std::time::Duration::from_secs(5))
-        .connect(&args.database_url)
+    // Migrations run on a connection of their own, without the statement timeout: a migration
+    // of a large table may rightly take longer than any request should.
+    let mut migrating = PgConnection::connect(&args.database_url)
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {shown}: {e}"))?;
-    MIGRATOR.run(&pool).await?;
+    MIGRATOR.run(&mut migrating).await?;
+    migrating.close().await?;
+
+    let options = PgConnectOptions::from_str(&args.database_url)
+        .map_err(|e| anyhow::anyhow!("bad database URL {shown}: {e}"))?
+        .options([
+            ("statement_timeout", STATEMENT_TIMEOUT),
+            ("lock_timeout", LOCK_TIMEOUT),
+            (
+                "idle_in_transaction_session_timeout",
+                IDLE_IN_TRANSACTION_TIMEOUT,
+            ),
+        ]);
+    let pool = PgPoolOptions::new()
+        .max_connections(args.db_pool_max)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {shown}: {e}"))?;
     Ok(pool)
 }
 

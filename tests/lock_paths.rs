@@ -430,7 +430,7 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
             .await
             .unwrap(),
     );
-    let state = seckill::api::AppState::new(env.pool.clone(), publisher, None).with_paths(registry);
+    let state = seckill::api::AppState::new(env.pool.clone(), publisher, registry, None);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let shutdown = tokio_util::sync::CancellationToken::new();

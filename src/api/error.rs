@@ -28,7 +28,8 @@ pub enum ApiError {
     /// 503: the broker did not take the request; retrying with the same request_id is safe.
     #[error("the request was not accepted: {0}; retry with the same request_id")]
     Unavailable(String),
-    /// 500, detail logged only.
+    /// 503 when the database is down, restarting, overloaded or timed out (see
+    /// [`is_transient`]): nothing was decided, retrying is safe. Else 500, detail logged only.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// 500, detail logged only.
@@ -51,6 +52,7 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Database(e) if is_transient(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,11 +83,13 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = match &self {
-            ApiError::Database(sqlx::Error::PoolTimedOut) => {
-                tracing::warn!("database pool exhausted or database down");
+            ApiError::Database(e) if is_transient(e) => {
+                tracing::warn!(error = %e, "request refused: database unavailable or overloaded");
                 return (
                     StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({ "error": "the database is unavailable; retry later" })),
+                    Json(json!({
+                        "error": "the database is unavailable; retry later (with the same request_id)"
+                    })),
                 )
                     .into_response();
             }
@@ -104,5 +108,28 @@ impl IntoResponse for ApiError {
             _ => self.to_string(),
         };
         (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// Whether a database error says "not now" rather than "never": the database is unreachable or
+/// restarting, the connection was killed, the pool is exhausted, or a statement ran into
+/// `statement_timeout`/`lock_timeout` (set per connection by `store::connect`). The request had
+/// no effect (its transaction rolled back), so the client may retry it.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
+        E::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections);
+            // 57P01-57P03: admin/crash shutdown, cannot connect now; 57014: statement_timeout;
+            // 55P03: lock_timeout; 40001/40P01: serialization failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || matches!(
+                    code.as_ref(),
+                    "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "40001" | "40P01"
+                )
+        }),
+        _ => false,
     }
 }

@@ -10,6 +10,10 @@
 //! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200): see [`crate::paths`] |
 //! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted |
 //! | `GET /healthz` | 200 when database and broker are reachable, else 503 |
+//! | `GET /metrics` | the process's metrics, Prometheus text format (see [`crate::metrics`]) |
+//!
+//! Bounds ([`ApiLimits`]): past `http_in_flight_max` requests in flight the API sheds load (503
+//! at once); past `reply_waiters_max` waiting clients, `?wait=` answers 202 without waiting.
 
 pub mod accepted;
 pub mod error;
@@ -19,16 +23,21 @@ pub mod orders;
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
+use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use sqlx::PgPool;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::Publisher;
-use crate::config::PathArgs;
+use crate::config::ApiLimits;
 use crate::domain::ItemId;
 use crate::paths::Registry;
 use accepted::AcceptedLog;
@@ -51,15 +60,28 @@ pub struct AppState {
     pub paths: Arc<Registry>,
     /// Items known to exist, so `POST /orders` costs no database read on the hot path.
     known_items: Arc<RwLock<HashSet<ItemId>>>,
+    /// One permit per request being handled: when none is left, requests are shed (503) instead
+    /// of queueing without bound.
+    in_flight: Arc<Semaphore>,
+    in_flight_max: u32,
+    /// One permit per client waiting for its decision (`?wait=`): past the bound a request is
+    /// answered 202 at once, so waiting clients cannot pile up memory.
+    reply_waiters: Arc<Semaphore>,
+    /// Cancelled when the server starts shutting down: waiting clients are answered at once.
+    shutdown: CancellationToken,
 }
 
 impl AppState {
-    /// With the purchase paths configured from the environment (`SECKILL_REDIS_PREFIX`, ...);
-    /// see [`AppState::with_paths`] to configure them explicitly.
-    pub fn new(pool: PgPool, publisher: Arc<Publisher>, admin_token: Option<String>) -> Self {
-        let paths = PathArgs::from_env()
-            .and_then(|args| Registry::new(pool.clone(), &args))
-            .unwrap_or_else(|e| panic!("purchase paths from the environment: {e:#}"));
+    /// An API over these services, with the default [`ApiLimits`] (see [`AppState::with_limits`]).
+    /// Building it cannot fail: everything that can (connecting, parsing settings) happened
+    /// before, in the caller.
+    pub fn new(
+        pool: PgPool,
+        publisher: Arc<Publisher>,
+        paths: Registry,
+        admin_token: Option<String>,
+    ) -> Self {
+        let limits = ApiLimits::default();
         Self {
             accepted: AcceptedLog::start(pool.clone()),
             paths: Arc::new(paths),
@@ -67,15 +89,30 @@ impl AppState {
             publisher,
             admin_token,
             known_items: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
+            in_flight_max: limits.http_in_flight_max,
+            reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
+            shutdown: CancellationToken::new(),
         }
     }
 
-    /// Replaces the purchase paths (e.g. built from the command line's [`PathArgs`]).
-    pub fn with_paths(self, paths: Registry) -> Self {
+    /// Replaces the overload bounds.
+    pub fn with_limits(self, limits: ApiLimits) -> Self {
         Self {
-            paths: Arc::new(paths),
+            in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
+            in_flight_max: limits.http_in_flight_max,
+            reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
             ..self
         }
+    }
+
+    /// A waiting slot for a `?wait=` client, if one is free.
+    fn reply_waiter_permit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = Arc::clone(&self.reply_waiters).try_acquire_owned().ok();
+        if permit.is_none() {
+            crate::metrics::get().reply_waiters_refused.inc();
+        }
+        permit
     }
 
     async fn item_exists(&self, id: ItemId) -> sqlx::Result<bool> {
@@ -104,15 +141,83 @@ impl AppState {
 }
 
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    // The business routes are bounded by the in-flight limit; health and metrics stay outside
+    // it, so an operator can still look at a server that is shedding load.
+    let bounded = Router::new()
         .route("/items", post(items::create))
         .route("/items/{id}", get(items::get))
         .route("/orders", post(orders::create))
         .route("/orders/{request_id}", get(orders::get))
+        .route_layer(middleware::from_fn_with_state(state.clone(), shed_load));
+    Router::new()
+        .merge(bounded)
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
         .fallback(|| async { error::ApiError::NotFound("route") })
+        .layer(middleware::from_fn(count_requests))
         .layer(DefaultBodyLimit::max(BODY_LEN_MAX))
         .with_state(state)
+}
+
+/// Load shedding: a request that finds every in-flight permit taken is answered 503 at once.
+/// (tower's `ConcurrencyLimitLayer` would make it wait instead: latency and memory would grow
+/// with the flood.) Nothing has been read or written for it, so retrying is safe.
+async fn shed_load(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = Arc::clone(&state.in_flight).try_acquire_owned() else {
+        crate::metrics::get().http_shed.inc();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            axum::Json(json!({
+                "error": format!(
+                    "overloaded: more than {} requests in flight; retry later (with the same request_id)",
+                    state.in_flight_max
+                )
+            })),
+        )
+            .into_response();
+    };
+    next.run(request).await
+}
+
+/// Counts every answer by method, route template (never the raw path: a client must not be
+/// able to grow the metrics) and status, and times it.
+async fn count_requests(request: Request, next: Next) -> Response {
+    let metrics = crate::metrics::get();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let started = Instant::now();
+    metrics.http_in_flight.inc();
+    let response = next.run(request).await;
+    metrics.http_in_flight.dec();
+    metrics
+        .http_requests
+        .with_label_values(&[method.as_str(), &route, response.status().as_str()])
+        .inc();
+    metrics
+        .http_latency
+        .with_label_values(&[&route])
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: the process's metrics in the Prometheus text format.
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
+        crate::metrics::get().render(),
+    )
+}
+
+/// A router serving `GET /metrics` alone, for `seckill consume --metrics-bind`.
+pub fn metrics_router() -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error::ApiError::NotFound("route") })
 }
 
 /// `GET /healthz`: 200 only when both the database and the broker answer.
@@ -130,13 +235,22 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde
     )
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled; in-flight requests finish first.
+/// Serves the API on `listener` until `shutdown` is cancelled: then it stops accepting
+/// connections, clients waiting for a decision are answered at once (`202 pending`), and every
+/// request in flight finishes before this returns.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: tokio_util::sync::CancellationToken,
+    shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let state = AppState {
+        shutdown: shutdown.clone(),
+        ..state
+    };
     axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .with_graceful_shutdown(async move {
+            shutdown.cancelled().await;
+            tracing::info!("API stopping: no new connections; finishing requests in flight");
+        })
         .await
 }

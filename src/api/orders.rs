@@ -102,20 +102,35 @@ pub async fn create(
         .wait
         .filter(|ms| *ms > 0)
         .map(|ms| Duration::from_millis(ms.min(WAIT_MS_MAX)));
+    // Bounded: past `reply_waiters_max` waiting clients this one is answered 202 without waiting.
     // Registered before publishing, so even an instant reply finds its waiter.
-    let waiter = wait.map(|_| state.publisher.wait_for(request.request_id));
+    let waiter = wait
+        .and_then(|_| state.reply_waiter_permit())
+        .map(|permit| (permit, state.publisher.wait_for(request.request_id)));
 
-    let (recorded, published) = tokio::join!(
-        state.accepted.record(request.clone()),
-        state.publisher.publish(&request, waiter.is_some()),
-    );
-    published?;
-    recorded.map_err(ApiError::Unavailable)?;
+    state.publisher.publish(&request, waiter.is_some()).await?;
+    // Recorded only once the broker confirmed it: a request answered 503 (not published) must
+    // not sit in the log as accepted-but-never-decided. If recording fails after the publish,
+    // the client gets 503 and the request may still be decided: retrying it with the same
+    // request_id is safe (the consumer answers a repeat from the store).
+    state
+        .accepted
+        .record(request.clone())
+        .await
+        .map_err(ApiError::Unavailable)?;
 
-    if let (Some(waiter), Some(wait)) = (waiter, wait)
-        && let Some(outcome) = waiter.recv(wait).await
-    {
-        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+    if let (Some((_permit, waiter)), Some(wait)) = (waiter, wait) {
+        let metrics = crate::metrics::get();
+        metrics.reply_waiters.inc();
+        let outcome = tokio::select! {
+            outcome = waiter.recv(wait) => outcome,
+            // Shutting down: answer now rather than hold the server open for the wait.
+            _ = state.shutdown.cancelled() => None,
+        };
+        metrics.reply_waiters.dec();
+        if let Some(outcome) = outcome {
+            return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+        }
     }
     Ok((
         StatusCode::ACCEPTED,

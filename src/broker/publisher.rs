@@ -84,7 +84,16 @@ impl Publisher {
     /// send the decision back; receive it with the [`Waiter`] from [`Publisher::wait_for`],
     /// registered *before* publishing so a fast reply cannot be missed.
     pub async fn publish(&self, request: &OrderRequest, reply: bool) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                crate::metrics::get()
+                    .publishes
+                    .with_label_values(&["unavailable"])
+                    .inc();
+                return Err(e);
+            }
+        };
         let partition = self.topology.partition_of(request.item_id);
         let props = message::request_properties(request, reply.then_some(DIRECT_REPLY_TO));
         let confirm = channel
@@ -99,15 +108,28 @@ impl Publisher {
                 &message::encode(request),
                 props,
             )
-            .await
-            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
-        match confirm.await {
-            Ok(Confirmation::Ack(None)) => Ok(()),
-            Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
-            Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
-            Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
+            .await;
+        let result = match confirm {
             Err(e) => Err(PublishError::Unavailable(e.to_string())),
-        }
+            Ok(confirm) => match confirm.await {
+                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
+                Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
+                Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
+                Err(e) => Err(PublishError::Unavailable(e.to_string())),
+            },
+        };
+        let label = match &result {
+            Ok(()) => "confirmed",
+            Err(PublishError::Refused) => "refused",
+            Err(PublishError::Unroutable) => "unroutable",
+            Err(PublishError::Unavailable(_)) => "unavailable",
+        };
+        crate::metrics::get()
+            .publishes
+            .with_label_values(&[label])
+            .inc();
+        result
     }
 
     /// Registers interest in a request's decision.
@@ -139,6 +161,9 @@ impl Publisher {
         {
             return Ok(link.channel.clone());
         }
+        if slot.take().is_some() {
+            tracing::warn!("publisher lost its broker connection; reconnecting");
+        }
         {
             let last = self.last_failure.lock().expect("last_failure lock");
             if last.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
@@ -147,6 +172,10 @@ impl Publisher {
         }
         match self.open_link().await {
             Ok(link) => {
+                crate::metrics::get()
+                    .broker_reconnects
+                    .with_label_values(&["publisher"])
+                    .inc();
                 tracing::info!("publisher reconnected to the broker");
                 let channel = link.channel.clone();
                 *slot = Some(link);
@@ -161,7 +190,9 @@ impl Publisher {
     }
 
     async fn open_link(&self) -> anyhow::Result<Link> {
-        let connection = super::connect(&self.amqp_url, "seckill-api").await?;
+        // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
+        let name = format!("seckill-api {}", self.topology.orders_exchange());
+        let connection = super::connect(&self.amqp_url, &name).await?;
         let channel = connection.create_channel().await?;
         self.topology.declare(&channel).await?;
         channel

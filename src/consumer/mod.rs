@@ -43,6 +43,7 @@ pub async fn run(
     );
     let topology = Topology::new(&broker_args);
     let mut attempt = 0;
+    let mut connected_before = false;
     loop {
         let result = run_connected(
             &pool,
@@ -51,10 +52,18 @@ pub async fn run(
             &args,
             &shutdown,
             &mut attempt,
+            &mut connected_before,
         )
         .await;
         if shutdown.is_cancelled() {
-            tracing::info!("consumer stopped");
+            match &result {
+                Ok(()) => {
+                    tracing::info!("consumer stopped: every batch taken was committed and acked")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "consumer stopped with an error")
+                }
+            }
             return result;
         }
         let error = match result {
@@ -79,8 +88,11 @@ async fn run_connected(
     args: &ConsumerArgs,
     shutdown: &CancellationToken,
     attempt: &mut u32,
+    connected_before: &mut bool,
 ) -> anyhow::Result<()> {
-    let connection = broker::connect(&broker_args.amqp_url, "seckill-consumer").await?;
+    // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
+    let name = format!("seckill-consumer {}", topology.orders_exchange());
+    let connection = broker::connect(&broker_args.amqp_url, &name).await?;
     let setup = connection.create_channel().await?;
     topology.declare(&setup).await?;
     let dead_letters = connection.create_channel().await?;
@@ -104,6 +116,17 @@ async fn run_connected(
             shutdown.clone(),
         ));
     }
+    if *connected_before {
+        crate::metrics::get()
+            .broker_reconnects
+            .with_label_values(&["consumer"])
+            .inc();
+        tracing::info!(
+            after_attempts = *attempt,
+            "consumer reconnected to the broker"
+        );
+    }
+    *connected_before = true;
     *attempt = 0;
     tracing::info!(
         partitions = topology.partitions(),

@@ -63,6 +63,8 @@ pub(crate) async fn run(
     let mut sequencer = Sequencer::new();
     loop {
         let first = tokio::select! {
+            // Checked first: once shutdown is asked, no new batch is started.
+            biased;
             _ = shutdown.cancelled() => return Ok(()),
             next = deliveries.next() => next,
         };
@@ -130,6 +132,7 @@ async fn process_batch(
             Err(e) => {
                 sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
                 look_up_stored = true;
+                crate::metrics::get().commit_failures.inc();
                 let pause = crate::backoff::delay(
                     attempt,
                     Duration::from_millis(50),
@@ -146,7 +149,19 @@ async fn process_batch(
             }
         }
     };
-    let commit_ms = started.elapsed().as_millis() as u64;
+    let commit_time = started.elapsed();
+    let commit_ms = commit_time.as_millis() as u64;
+    if attempt > 0 {
+        tracing::info!(
+            failed_attempts = attempt,
+            commit_ms,
+            "batch committed after the database came back"
+        );
+    }
+    let metrics = crate::metrics::get();
+    metrics.batch_size.observe(batch.len() as f64);
+    metrics.commit_latency.observe(commit_time.as_secs_f64());
+    metrics.redeliveries.inc_by(redelivered as u64);
 
     let (decided, unknown): (Vec<_>, Vec<_>) = pending
         .iter()
@@ -230,6 +245,9 @@ async fn dead_letter(
         }
     });
     try_join_all(publishes).await?;
+    crate::metrics::get()
+        .dead_lettered
+        .inc_by(rejects.len() as u64);
     Ok(())
 }
 
@@ -272,5 +290,11 @@ async fn decide_and_commit(
     crate::failpoint::hit("before_commit");
     store::commit_batch(pool, PATH, &decision).await?;
     crate::failpoint::hit("after_commit");
+    let decisions = &crate::metrics::get().decisions;
+    for new in &decision.new_outcomes {
+        decisions
+            .with_label_values(&[new.outcome.status.as_str()])
+            .inc();
+    }
     Ok((decision.answers, unknown))
 }

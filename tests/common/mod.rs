@@ -117,8 +117,12 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let paths = seckill::paths::Registry::new(self.pool.clone(), &self.path_args())
             .expect("purchase paths");
-        let state = AppState::new(self.pool.clone(), publisher, admin_token.map(str::to_owned))
-            .with_paths(paths);
+        let state = AppState::new(
+            self.pool.clone(),
+            publisher,
+            paths,
+            admin_token.map(str::to_owned),
+        );
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
         TestApi {
             base,

@@ -1,0 +1,196 @@
+//! What the process counts, for `GET /metrics` (Prometheus text format). One set per process:
+//! the API and the consumer record into it wherever they run (`serve --with-consumer` shows
+//! both; `consume --metrics-bind ADDR` serves the consumer's alone), so no handle has to be
+//! threaded through every call that counts something.
+//!
+//! Names follow Prometheus' conventions: `_total` for counters, the unit last (`_seconds`).
+//! Every label has a small, fixed set of values (route templates, not raw paths), so a hostile
+//! client cannot grow the registry.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    /// HTTP requests answered, by method, route template and status code.
+    pub http_requests: IntCounterVec,
+    /// HTTP request latency, by route template.
+    pub http_latency: HistogramVec,
+    /// HTTP requests being handled now (shed ones excluded).
+    pub http_in_flight: IntGauge,
+    /// HTTP requests refused with 503 because too many were in flight.
+    pub http_shed: IntCounter,
+    /// Publishes to the broker, by result: confirmed, refused (nack: queue full), unroutable,
+    /// unavailable (no connection, or it broke before the confirm).
+    pub publishes: IntCounterVec,
+    /// Clients waiting (`?wait=`) for a decision now.
+    pub reply_waiters: IntGauge,
+    /// `?wait=` requests answered 202 at once because too many clients were waiting already.
+    pub reply_waiters_refused: IntCounter,
+    /// Deliveries per committed batch.
+    pub batch_size: Histogram,
+    /// Time from a batch's start to its commit (decide + commit, retries included).
+    pub commit_latency: Histogram,
+    /// Decisions committed by the queue consumer, by status.
+    pub decisions: IntCounterVec,
+    /// Deliveries the broker flagged as redelivered (after a consumer or connection died).
+    pub redeliveries: IntCounter,
+    /// Messages sent to the dead-letter queue.
+    pub dead_lettered: IntCounter,
+    /// Batch commits that failed and were retried (database down, connection killed, ...).
+    pub commit_failures: IntCounter,
+    /// Broker connections re-established after a loss, by component (consumer, publisher).
+    pub broker_reconnects: IntCounterVec,
+}
+
+/// The process's metrics, created on first use.
+pub fn get() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| Metrics::new().expect("metric definitions are valid and unique"))
+}
+
+impl Metrics {
+    fn new() -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let counter_vec =
+            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
+                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(c.clone()))?;
+                Ok(c)
+            };
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
+            registry.register(Box::new(h.clone()))?;
+            prometheus::Result::Ok(h)
+        };
+        // Seconds, 0.5 ms to 10 s: a group commit takes milliseconds, an outage retries for long.
+        let seconds = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let http_latency = HistogramVec::new(
+            HistogramOpts::new(
+                "seckill_http_request_duration_seconds",
+                "HTTP request latency by route",
+            )
+            .buckets(seconds.clone()),
+            &["route"],
+        )?;
+        registry.register(Box::new(http_latency.clone()))?;
+        Ok(Self {
+            http_requests: counter_vec(
+                "seckill_http_requests_total",
+                "HTTP requests answered, by method, route and status code",
+                &["method", "route", "status"],
+            )?,
+            http_latency,
+            http_in_flight: gauge(
+                "seckill_http_requests_in_flight",
+                "HTTP requests being handled now",
+            )?,
+            http_shed: counter(
+                "seckill_http_requests_shed_total",
+                "HTTP requests refused with 503 because too many were in flight",
+            )?,
+            publishes: counter_vec(
+                "seckill_publishes_total",
+                "Purchase requests published to the broker, by result",
+                &["result"],
+            )?,
+            reply_waiters: gauge(
+                "seckill_reply_waiters",
+                "Clients waiting (?wait=) for a decision",
+            )?,
+            reply_waiters_refused: counter(
+                "seckill_reply_waiters_refused_total",
+                "?wait= requests answered 202 at once because too many clients were waiting",
+            )?,
+            batch_size: histogram(
+                "seckill_batch_size",
+                "Deliveries per committed batch",
+                vec![
+                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10_000.0,
+                ],
+            )?,
+            commit_latency: histogram(
+                "seckill_batch_commit_seconds",
+                "Time from a batch's start to its commit, retries included",
+                seconds,
+            )?,
+            decisions: counter_vec(
+                "seckill_decisions_total",
+                "Decisions committed by the queue consumer, by status",
+                &["status"],
+            )?,
+            redeliveries: counter(
+                "seckill_redeliveries_total",
+                "Deliveries flagged as redelivered by the broker",
+            )?,
+            dead_lettered: counter(
+                "seckill_dead_lettered_total",
+                "Messages sent to the dead-letter queue",
+            )?,
+            commit_failures: counter(
+                "seckill_batch_commit_failures_total",
+                "Batch commits that failed and were retried",
+            )?,
+            broker_reconnects: counter_vec(
+                "seckill_broker_reconnects_total",
+                "Broker connections re-established after a loss, by component",
+                &["component"],
+            )?,
+            registry,
+        })
+    }
+
+    /// Every metric in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("the text encoder writes to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_once_recorded() {
+        let m = get();
+        m.http_requests
+            .with_label_values(&["POST", "/orders", "202"])
+            .inc();
+        m.batch_size.observe(3.0);
+        m.decisions.with_label_values(&["purchased"]).inc_by(2);
+        m.broker_reconnects.with_label_values(&["consumer"]).inc();
+        let text = m.render();
+        assert!(text.contains(
+            "seckill_http_requests_total{method=\"POST\",route=\"/orders\",status=\"202\"}"
+        ));
+        assert!(text.contains("seckill_batch_size_bucket{le=\"5\"}"));
+        assert!(text.contains("# TYPE seckill_batch_commit_seconds histogram"));
+        assert!(text.contains("seckill_decisions_total{status=\"purchased\"}"));
+        assert!(text.contains("seckill_broker_reconnects_total{component=\"consumer\"}"));
+        assert!(text.contains("seckill_dead_lettered_total 0"));
+    }
+}
