@@ -352,3 +352,140 @@ where
         .collect()
         .await
 }
+
+/// A `seckill` daemon run as a child process, its stderr (the log) kept in a file.
+pub struct Daemon {
+    pub child: tokio::process::Child,
+    /// Where its log goes.
+    pub log: std::path::PathBuf,
+    /// `http://127.0.0.1:PORT` of a `serve` daemon.
+    pub base: String,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> i32 {
+        self.child.id().expect("the daemon is running") as i32
+    }
+
+    /// Sends a signal (SIGTERM, SIGSTOP, ...).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal).expect("signal");
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (bounded) for the daemon to exit.
+    pub async fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        match tokio::time::timeout(within, self.child.wait()).await {
+            Ok(status) => status.expect("wait"),
+            Err(_) => panic!(
+                "the daemon did not exit within {within:?}; its log:\n{}",
+                self.log_text()
+            ),
+        }
+    }
+
+    /// Its resident memory, from /proc (Linux).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS in /proc/PID/status")
+    }
+}
+
+impl TestEnv {
+    /// `seckill <args>` with this test's database, broker prefix and Redis prefix, logging to
+    /// a file named after the test's prefix and `name`.
+    fn daemon(&self, name: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Daemon {
+        let log = std::env::temp_dir().join(format!("{}-{name}.log", self.broker.queue_prefix));
+        let file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_seckill"));
+        cmd.args(args)
+            .env("DATABASE_URL", &self.database.database_url)
+            .env("AMQP_URL", &self.broker.amqp_url)
+            .env("SECKILL_QUEUE_PREFIX", &self.broker.queue_prefix)
+            .env("SECKILL_PARTITIONS", PARTITIONS.to_string())
+            .env(
+                "SECKILL_QUEUE_LENGTH_MAX",
+                self.broker.queue_length_max.to_string(),
+            )
+            .env("SECKILL_REDIS_PREFIX", &self.broker.queue_prefix)
+            .env("SECKILL_BATCH_SIZE_MAX", "100")
+            .env("SECKILL_PREFETCH", "300")
+            .env("RUST_LOG", "seckill=info")
+            .env("NO_COLOR", "1")
+            .env_remove("SECKILL_FAILPOINT")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true);
+        for (key, value) in extra_env {
+            cmd.env(key, value);
+        }
+        Daemon {
+            child: cmd.spawn().expect("spawn seckill"),
+            log,
+            base: String::new(),
+        }
+    }
+
+    /// Starts `seckill consume` as a child process.
+    pub fn spawn_consume(&self, name: &str, extra_env: &[(&str, &str)]) -> Daemon {
+        self.daemon(name, &["consume"], extra_env)
+    }
+
+    /// Starts `seckill serve` (add `--with-consumer` in `args`) on a free loopback port and
+    /// waits (bounded) until its `/healthz` answers 200.
+    pub async fn spawn_serve(
+        &self,
+        name: &str,
+        args: &[&str],
+        extra_env: &[(&str, &str)],
+    ) -> Daemon {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let bind = format!("127.0.0.1:{port}");
+        let mut env: Vec<(&str, &str)> = vec![("SECKILL_BIND", &bind)];
+        env.extend_from_slice(extra_env);
+        let mut all_args = vec!["serve"];
+        all_args.extend_from_slice(args);
+        let mut daemon = self.daemon(name, &all_args, &env);
+        daemon.base = format!("http://{bind}");
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{}/healthz", daemon.base)).send().await
+                && r.status() == 200
+            {
+                return daemon;
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                panic!("seckill serve exited ({status}): {}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "seckill serve did not become healthy: {}",
+                daemon.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A client of a `serve` daemon.
+    pub fn client_of(&self, daemon: &Daemon) -> TestApi {
+        TestApi {
+            base: daemon.base.clone(),
+            http: reqwest::Client::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+}
