@@ -10,6 +10,7 @@
 pub mod ceiling;
 pub mod report;
 pub mod scenario;
+pub mod soak;
 pub mod stats;
 
 use std::path::PathBuf;
@@ -97,6 +98,16 @@ pub struct BenchArgs {
     /// Keep the bench's items, orders and outcomes in the database afterwards.
     #[arg(long)]
     pub keep: bool,
+    /// Soak mode: run each path for this many seconds at a steady --rate instead of sending
+    /// --requests (with `--paths all`, only the queue path), sampling memory and latency.
+    #[arg(long, value_name = "SECONDS")]
+    pub duration: Option<u64>,
+    /// Requests per second in soak mode.
+    #[arg(long, default_value_t = 1000, requires = "duration")]
+    pub rate: u32,
+    /// Seconds between two soak samples.
+    #[arg(long, default_value_t = 10, requires = "duration")]
+    pub sample_every: u64,
 }
 
 impl BenchArgs {
@@ -122,6 +133,9 @@ impl BenchArgs {
 
     fn selected_paths(&self) -> anyhow::Result<Vec<String>> {
         let known = all_paths();
+        if self.duration.is_some() && self.paths.iter().any(|p| p == "all") {
+            return Ok(vec!["queue".to_string()]);
+        }
         if self.paths.iter().any(|p| p == "all") {
             return Ok(known.iter().map(|p| p.to_string()).collect());
         }
@@ -162,6 +176,9 @@ pub struct PathResult {
     pub audit: Verdict,
     /// (ms, fraction) points of the latency CDF.
     pub cdf: Vec<(f64, f64)>,
+    /// Soak mode only: one sample per window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub soak: Vec<soak::SoakSample>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -292,8 +309,13 @@ pub async fn run(
     let bench = Arc::new(bench);
     let mut results = Vec::new();
     let mut all_items = Vec::new();
+    let soak = args.duration.map(|s| SoakArgs {
+        duration: Duration::from_secs(s),
+        rate_per_s: args.rate,
+        sample_every: Duration::from_secs(args.sample_every.max(1)),
+    });
     for path in &paths {
-        let (result, items) = run_path(&bench, path, &spec, &attempts).await?;
+        let (result, items) = run_path(&bench, path, &spec, &attempts, soak.as_ref()).await?;
         eprintln!("{}", report::one_line(&result));
         all_items.extend(items);
         results.push(result);
@@ -347,21 +369,61 @@ pub async fn run(
 }
 
 /// Runs the scenario through one path: fresh items, the load, then the audit.
+/// Soak-mode settings.
+struct SoakArgs {
+    duration: Duration,
+    rate_per_s: u32,
+    sample_every: Duration,
+}
+
+/// Runs the scenario through one path: fresh items, the load, then the audit.
 async fn run_path(
     bench: &Arc<Bench>,
     path: &str,
     spec: &ScenarioSpec,
     attempts: &Arc<Vec<Attempt>>,
+    soak: Option<&SoakArgs>,
 ) -> anyhow::Result<(PathResult, Vec<i64>)> {
     let items = Arc::new(create_items(bench, path, spec).await?);
+    let started = Instant::now();
+    let (recorder, samples) = match soak {
+        Some(s) => {
+            soak::run(
+                bench,
+                path,
+                &items,
+                attempts,
+                s.duration,
+                s.rate_per_s,
+                s.sample_every,
+            )
+            .await?
+        }
+        None => (drive(bench, path, &items, attempts).await?, Vec::new()),
+    };
+    // The queue path may have answered `pending` to some; the run ends at the last decision.
+    let errors = recorder.count("error");
+    let expected = recorder.total() as i64 - errors as i64;
+    ceiling::wait_decided(&bench.pool, &items, expected, Duration::from_secs(300)).await?;
+    let elapsed = started.elapsed();
+    let mut result = summarize(bench, path, spec, &items, &recorder, elapsed).await?;
+    result.soak = samples;
+    Ok((result, items.to_vec()))
+}
+
+/// Sends every attempt once, `bench.concurrency` at a time; returns what the clients saw.
+async fn drive(
+    bench: &Arc<Bench>,
+    path: &str,
+    items: &Arc<Vec<i64>>,
+    attempts: &Arc<Vec<Attempt>>,
+) -> anyhow::Result<Recorder> {
     let progress = report::progress_bar(path, attempts.len() as u64);
     let next = Arc::new(AtomicUsize::new(0));
-    let started = Instant::now();
     // One task per simulated client, so the load spreads over the runtime's worker threads.
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..bench.concurrency {
-        let (bench, attempts, items) =
-            (Arc::clone(bench), Arc::clone(attempts), Arc::clone(&items));
+        let (bench, attempts, items) = (Arc::clone(bench), Arc::clone(attempts), Arc::clone(items));
         let (next, progress, path) = (Arc::clone(&next), progress.clone(), path.to_string());
         workers.spawn(async move {
             let mut recorder = Recorder::default();
@@ -378,15 +440,22 @@ async fn run_path(
     while let Some(worker) = workers.join_next().await {
         recorder.merge(&worker?);
     }
-    // The queue path may have answered `pending` to some; the run ends at the last decision.
-    let errors = recorder.count("error");
-    let expected = attempts.len() as i64 - errors as i64;
-    ceiling::wait_decided(&bench.pool, &items, expected, Duration::from_secs(300)).await?;
-    let elapsed = started.elapsed();
     progress.finish_and_clear();
+    Ok(recorder)
+}
 
+/// What the database says a path did with `items`, plus what its clients saw.
+async fn summarize(
+    bench: &Bench,
+    path: &str,
+    spec: &ScenarioSpec,
+    items: &[i64],
+    recorder: &Recorder,
+    elapsed: Duration,
+) -> anyhow::Result<PathResult> {
+    let errors = recorder.count("error");
     let mut outcomes: std::collections::BTreeMap<String, u64> =
-        ceiling::outcome_counts(&bench.pool, &items)
+        ceiling::outcome_counts(&bench.pool, items)
             .await?
             .into_iter()
             .collect();
@@ -409,9 +478,9 @@ async fn run_path(
         oversold |= a.orders > a.stock_initial;
         violations.extend(a.violations.iter().map(|v| format!("item {item}: {v}")));
     }
-    let result = PathResult {
+    Ok(PathResult {
         path: path.to_string(),
-        requests: attempts.len() as u64,
+        requests: recorder.total(),
         elapsed_s: elapsed.as_secs_f64(),
         decided_per_s: stats::rate(decided, elapsed),
         orders_per_s: stats::rate(orders as u64, elapsed),
@@ -425,8 +494,8 @@ async fn run_path(
             violations,
         },
         cdf: recorder.cdf(100),
-    };
-    Ok((result, items.to_vec()))
+        soak: Vec::new(),
+    })
 }
 
 /// Creates the scenario's items through the API (which also loads them into Redis).

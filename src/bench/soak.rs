@@ -1,0 +1,142 @@
+//! Soak mode (`seckill bench --duration S`): one path at a steady request rate for minutes,
+//! sampling every few seconds the rate achieved, the latency of that window and the process's
+//! resident memory — a leak or a queue that grows without bound shows as a rising line.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::scenario::Attempt;
+use super::stats::Recorder;
+use super::{Bench, send};
+
+/// One sampling window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the soak started, at the end of the window.
+    pub t_s: f64,
+    /// Resident memory of the bench process (API, consumer and load generator), MiB.
+    pub rss_mib: f64,
+    /// Requests answered per second in the window.
+    pub answered_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// Sends `attempts` round and round at `rate` per second for `duration`, with at most
+/// `bench.concurrency` in flight (past that the schedule slips rather than piling up).
+pub(super) async fn run(
+    bench: &Arc<Bench>,
+    path: &str,
+    items: &Arc<Vec<i64>>,
+    attempts: &Arc<Vec<Attempt>>,
+    duration: Duration,
+    rate_per_s: u32,
+    sample_every: Duration,
+) -> anyhow::Result<(Recorder, Vec<SoakSample>)> {
+    let window = Arc::new(Mutex::new(Recorder::default()));
+    let overall = Arc::new(Mutex::new(Recorder::default()));
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let deadline = started + duration;
+
+    // The dispatcher ticks at the rate and hands indices to the workers through a bounded
+    // channel: a steady open-loop load while the system keeps up.
+    let (tx, rx) = async_channel::bounded::<usize>(bench.concurrency);
+    let dispatcher = tokio::spawn({
+        let sent = Arc::clone(&sent);
+        async move {
+            let mut tick =
+                tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_s.max(1))));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while Instant::now() < deadline {
+                tick.tick().await;
+                let i = sent.fetch_add(1, Ordering::Relaxed) as usize;
+                if tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..bench.concurrency {
+        let (bench, items, attempts) = (Arc::clone(bench), Arc::clone(items), Arc::clone(attempts));
+        let (rx, window, overall, path) = (
+            rx.clone(),
+            Arc::clone(&window),
+            Arc::clone(&overall),
+            path.to_string(),
+        );
+        workers.spawn(async move {
+            while let Ok(i) = rx.recv().await {
+                let attempt = &attempts[i % attempts.len()];
+                // A fresh user name each round, so later rounds are new buyers, not repeats.
+                let user = format!("{}-r{}", attempt.user, i / attempts.len());
+                let began = Instant::now();
+                let outcome = send(&bench, &path, items[attempt.item], &user).await;
+                let latency = began.elapsed();
+                window.lock().expect("window").record(&outcome, latency);
+                overall.lock().expect("overall").record(&outcome, latency);
+            }
+        });
+    }
+
+    let mut samples = Vec::new();
+    let mut window_started = Instant::now();
+    while Instant::now() < deadline {
+        tokio::time::sleep(sample_every.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+        let done = std::mem::take(&mut *window.lock().expect("window"));
+        let latency = done.latency();
+        let sample = SoakSample {
+            t_s: started.elapsed().as_secs_f64(),
+            rss_mib: rss_mib(),
+            answered_per_s: done.total() as f64 / window_started.elapsed().as_secs_f64(),
+            p50_ms: latency.p50_ms,
+            p99_ms: latency.p99_ms,
+            errors: done.count("error"),
+        };
+        eprintln!(
+            "{path:>12} soak t={:>5.0}s rss={:>6.1} MiB {:>7.0}/s p50 {:>6.1} ms p99 {:>7.1} ms errors {}",
+            sample.t_s,
+            sample.rss_mib,
+            sample.answered_per_s,
+            sample.p50_ms,
+            sample.p99_ms,
+            sample.errors
+        );
+        samples.push(sample);
+        window_started = Instant::now();
+    }
+    dispatcher.await?;
+    while let Some(worker) = workers.join_next().await {
+        worker?;
+    }
+    let overall = std::mem::take(&mut *overall.lock().expect("overall"));
+    Ok((overall, samples))
+}
+
+/// Resident set size of this process, from /proc (0 where /proc is not there).
+pub fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rss_is_read_from_proc() {
+        let rss = super::rss_mib();
+        assert!(rss > 1.0 && rss < 100_000.0, "{rss}");
+    }
+}
