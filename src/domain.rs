@@ -122,9 +122,10 @@ pub fn validate_item(name: &str, stock: i64) -> Result<(), InvalidInput> {
             "name must not contain control characters".into(),
         ));
     }
-    if !(0..=STOCK_MAX).contains(&stock) {
+    // A sale of nothing is a mistake (there is no restock), so zero is refused too.
+    if !(1..=STOCK_MAX).contains(&stock) {
         return Err(InvalidInput(format!(
-            "stock must be an integer from 0 to {STOCK_MAX}, got {stock}"
+            "stock must be an integer from 1 to {STOCK_MAX}, got {stock}"
         )));
     }
     Ok(())
@@ -163,7 +164,8 @@ mod tests {
 
     #[test]
     fn item_bounds() {
-        assert!(validate_item("phone", 0).is_ok());
+        assert!(validate_item("phone", 1).is_ok());
+        assert!(validate_item("phone", 0).is_err());
         assert!(validate_item("phone", STOCK_MAX).is_ok());
         assert!(validate_item("phone", -1).is_err());
         assert!(validate_item("phone", STOCK_MAX + 1).is_err());

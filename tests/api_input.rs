@@ -52,8 +52,44 @@ async fn bad_input_gets_a_json_4xx_and_touches_nothing() {
             json!({"item_id": item, "user_id": "u", "extra": true}),
         ),
         ("/orders", json!({"item_id": 424242, "user_id": "u"})),
+        ("/orders", json!({"item_id": -1, "user_id": "u"})),
+        ("/orders", json!({"item_id": 0, "user_id": "u"})),
+        ("/orders", json!({"item_id": 1e30, "user_id": "u"})),
+        (
+            "/orders",
+            json!({"item_id": item, "user_id": "u", "request_id": ""}),
+        ),
+        ("/orders", json!({"item_id": item, "user_id": null})),
+        ("/orders", json!({"item_id": item, "user_id": 42})),
         ("/orders", json!([1, 2, 3])),
+        ("/orders", json!(null)),
+        ("/items", json!({"name": "x", "stock": 0})),
+        ("/items", json!({"name": "x", "stock": i64::MIN})),
+        ("/items", json!({"name": "bad\u{0000}name", "stock": 1})),
     ];
+    // User ids are identifiers: letters, digits and -_.@:+ only (README, API section).
+    let hostile_user_ids = [
+        "'; DROP TABLE orders; --",
+        "\" OR 1=1 --",
+        "robert'); DROP TABLE students;--",
+        "u' UNION SELECT * FROM outcomes --",
+        "a b",
+        "tab\there",
+        "nul\u{0000}byte",
+        "new\nline",
+        "\u{202e}evil-rtl-override",
+        "zero\u{200b}width",
+        "<script>alert(1)</script>",
+        "..\\..\\etc\\passwd",
+        "$(reboot)",
+        "emoji-🔥",
+    ];
+    let mut json_cases = json_cases;
+    for user_id in hostile_user_ids {
+        for path in ["/orders", "/orders?path=pessimistic", "/orders?wait=1000"] {
+            json_cases.push((path, json!({"item_id": item, "user_id": user_id})));
+        }
+    }
     for (path, body) in json_cases {
         let (status, answer) = api.post(path, body.clone()).await;
         assert!(
@@ -96,6 +132,33 @@ async fn bad_input_gets_a_json_4xx_and_touches_nothing() {
             br#"{"item_id":1,"user_id":"u"}"#.to_vec(),
             400,
         ),
+        (
+            "/orders?wait=-5",
+            "application/json",
+            br#"{"item_id":1,"user_id":"u"}"#.to_vec(),
+            400,
+        ),
+        (
+            "/orders?wait=99999999999999999999999",
+            "application/json",
+            br#"{"item_id":1,"user_id":"u"}"#.to_vec(),
+            400,
+        ),
+        (
+            "/orders?path=%3Cscript%3E",
+            "application/json",
+            br#"{"item_id":1,"user_id":"u"}"#.to_vec(),
+            400,
+        ),
+        // Invalid UTF-8 inside a JSON string.
+        (
+            "/orders",
+            "application/json",
+            b"{\"item_id\":1,\"user_id\":\"\xff\xfe\"}".to_vec(),
+            400,
+        ),
+        // Nested 10,000 deep: refused, without a stack overflow.
+        ("/orders", "application/json", vec![b'['; 10_000], 422),
     ];
     for (path, content_type, body, expected) in raw_cases {
         let (status, answer) = api.post_raw(path, content_type, body).await;
@@ -116,6 +179,13 @@ async fn bad_input_gets_a_json_4xx_and_touches_nothing() {
         before,
         "rejected requests wrote nothing"
     );
+    for partition in 0..common::PARTITIONS {
+        assert_eq!(
+            env.queue_depth(partition).await,
+            0,
+            "rejected requests never reach the broker"
+        );
+    }
     api.shutdown.cancel();
     env.cleanup().await;
 }
