@@ -21,7 +21,7 @@ pub struct Metrics {
     pub http_requests: IntCounterVec,
     /// HTTP request latency, by route template.
     pub http_latency: HistogramVec,
-    /// HTTP requests being handled now (shed ones excluded).
+    /// HTTP requests being handled now.
     pub http_in_flight: IntGauge,
     /// HTTP requests refused with 503 because too many were in flight.
     pub http_shed: IntCounter,

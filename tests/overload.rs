@@ -277,3 +277,39 @@ async fn metrics_count_requests_decisions_and_dead_letters() {
     drop(daemon);
     env.cleanup().await;
 }
+
+/// A row lock held elsewhere (a stuck transaction) cannot hold a request forever: the
+/// pessimistic path gives up at the connection's `lock_timeout` and answers 503; once the lock
+/// is gone the same request goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_row_lock_held_elsewhere_answers_503_not_a_hang() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(5).await;
+    let order = json!({"item_id": item, "user_id": "patient", "request_id": Uuid::new_v4()});
+
+    let mut stuck = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM items WHERE id = $1 FOR UPDATE")
+        .bind(item)
+        .execute(&mut *stuck)
+        .await
+        .unwrap();
+    let response = api
+        .http
+        .post(format!("{}/orders?path=pessimistic", api.base))
+        .timeout(Duration::from_secs(60))
+        .json(&order)
+        .send()
+        .await
+        .expect("an answer, not a hang");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("retry"), "{body}");
+    assert_eq!(env.outcome_count(item).await, 0, "nothing decided");
+
+    stuck.rollback().await.unwrap();
+    let (status, body) = api.post("/orders?path=pessimistic", order).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("purchased")));
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
