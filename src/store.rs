@@ -196,12 +196,57 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
     }))
 }
 
+/// The right of one consumer to commit a partition's decisions: the partition queue's name and
+/// the epoch this consumer took when it became active. See `migrations/0004_partition_epochs.sql`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub queue: String,
+    pub epoch: i64,
+}
+
+/// Takes the next epoch of `queue`, fencing out whoever held it. Waits for a commit the previous
+/// holder has in flight (it holds the epoch row `FOR SHARE`), so state loaded after this returns
+/// includes every commit the previous holder made, and it can make no more.
+pub async fn take_epoch(pool: &PgPool, queue: &str, holder: &str) -> sqlx::Result<Fence> {
+    let epoch: i64 = sqlx::query_scalar(
+        "INSERT INTO partition_epochs (queue, epoch, holder) VALUES ($1, 1, $2)
+         ON CONFLICT (queue) DO UPDATE
+             SET epoch = partition_epochs.epoch + 1, holder = EXCLUDED.holder, taken_at = now()
+         RETURNING epoch",
+    )
+    .bind(queue)
+    .bind(holder)
+    .fetch_one(pool)
+    .await?;
+    Ok(Fence {
+        queue: queue.to_owned(),
+        epoch,
+    })
+}
+
+/// Why a group commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Another consumer took the partition: this one must step down without committing.
+    #[error("fenced out of {queue}: epoch {epoch} is no longer current")]
+    Fenced { queue: String, epoch: i64 },
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
 /// The group commit: every order, every outcome and one stock update per item of a batch, in
 /// ONE statement — one round trip, one transaction, one fsync for hundreds of decisions. This is
 /// where the queue path's speed comes from. The table constraints make a wrong in-memory state
 /// fail the whole batch rather than write it: `stock_remaining >= 0` refuses an oversell, the
-/// unique keys refuse a second order per user or a second outcome per request.
-pub async fn commit_batch(pool: &PgPool, path: &str, batch: &BatchDecision) -> sqlx::Result<()> {
+/// unique keys refuse a second order per user or a second outcome per request. Every part writes
+/// only if `fence` is still the partition's current epoch (read `FOR SHARE`, so a new holder
+/// waits for this commit to finish before it takes over).
+pub async fn commit_batch(
+    pool: &PgPool,
+    path: &str,
+    batch: &BatchDecision,
+    fence: &Fence,
+) -> Result<(), CommitError> {
     if batch.new_outcomes.is_empty() {
         return Ok(());
     }
@@ -221,19 +266,23 @@ pub async fn commit_batch(pool: &PgPool, path: &str, batch: &BatchDecision) -> s
 
     // Data-modifying CTEs run as one statement; the foreign keys are checked at its end, when
     // the new orders exist.
-    sqlx::query(
-        "WITH new_orders AS (
+    let written = sqlx::query(
+        "WITH fence AS (
+             SELECT 1 FROM partition_epochs WHERE queue = $13 AND epoch = $14 FOR SHARE
+         ), new_orders AS (
              INSERT INTO orders (id, item_id, user_id, request_id)
              SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
+             WHERE EXISTS (SELECT 1 FROM fence)
          ), stock AS (
              UPDATE items SET stock_remaining = items.stock_remaining - d.sold
              FROM UNNEST($5::bigint[], $6::bigint[]) AS d(id, sold)
-             WHERE items.id = d.id
+             WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)
          )
          INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
          SELECT r, i, u, s, o, $12
          FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::text[], $11::uuid[])
-             AS t(r, i, u, s, o)",
+             AS t(r, i, u, s, o)
+         WHERE EXISTS (SELECT 1 FROM fence)",
     )
     .bind(&order_ids)
     .bind(&order_items)
@@ -247,7 +296,15 @@ pub async fn commit_batch(pool: &PgPool, path: &str, batch: &BatchDecision) -> s
     .bind(&statuses)
     .bind(&outcome_orders)
     .bind(path)
+    .bind(&fence.queue)
+    .bind(fence.epoch)
     .execute(pool)
     .await?;
+    if written.rows_affected() == 0 {
+        return Err(CommitError::Fenced {
+            queue: fence.queue.clone(),
+            epoch: fence.epoch,
+        });
+    }
     Ok(())
 }

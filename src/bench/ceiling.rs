@@ -171,6 +171,8 @@ pub async fn database_alone(
     batch_size: usize,
 ) -> anyhow::Result<f64> {
     let mut sequencer = Sequencer::new();
+    // The consumer's fence, on a key of the ceiling's own.
+    let fence = store::take_epoch(pool, &format!("ceiling-{}", Uuid::new_v4()), "bench").await?;
     let started = Instant::now();
     for batch in requests.chunks(batch_size.max(1)) {
         // Fresh requests: like the consumer, no lookup of stored outcomes (see partition.rs).
@@ -184,7 +186,7 @@ pub async fn database_alone(
             }
         }
         let decision = sequencer.decide_batch(batch, &stored, Uuid::now_v7);
-        store::commit_batch(pool, "ceiling-db", &decision).await?;
+        store::commit_batch(pool, "ceiling-db", &decision, &fence).await?;
     }
     Ok(requests.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

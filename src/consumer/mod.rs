@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{self, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs};
 
+/// Longest a partition may take to finish its current batch once told to stop.
+const PARTITION_STOP_GRACE: Duration = Duration::from_secs(10);
+
 /// What every partition task of one connection shares.
 pub(crate) struct Context {
     pub pool: PgPool,
@@ -106,6 +109,9 @@ async fn run_connected(
         dead_letters,
     });
 
+    // Stops this connection's partitions: on shutdown, and when one of them or the connection
+    // fails (the others then finish the batch they are on, then stop).
+    let stop = shutdown.child_token();
     let mut partitions = JoinSet::new();
     for partition in 0..topology.partitions() {
         let channel = connection.create_channel().await?;
@@ -113,7 +119,7 @@ async fn run_connected(
             Arc::clone(&context),
             channel,
             partition,
-            shutdown.clone(),
+            stop.clone(),
         ));
     }
     if *connected_before {
@@ -152,8 +158,18 @@ async fn run_connected(
             }
         }
     };
-    // Closing the connection hands any prefetched, unacked deliveries back to the broker.
-    partitions.shutdown().await;
+    // Let every partition finish the batch it is on (its commit may still land; its ack may
+    // not), within a bound; then close the connection, which hands any prefetched, unacked
+    // deliveries back to the broker.
+    stop.cancel();
+    let finishing = async { while partitions.join_next().await.is_some() {} };
+    if tokio::time::timeout(PARTITION_STOP_GRACE, finishing)
+        .await
+        .is_err()
+    {
+        tracing::warn!("partitions did not finish their batch in time; aborting them");
+        partitions.shutdown().await;
+    }
     let _ = connection
         .close(200, "seckill consumer stopping".into())
         .await;

@@ -31,7 +31,7 @@ use super::Context;
 use super::sequencer::Sequencer;
 use crate::broker::message;
 use crate::domain::{ItemId, OrderRequest, Outcome};
-use crate::store;
+use crate::store::{self, CommitError, Fence};
 
 /// Path name recorded with the outcomes this consumer decides.
 pub const PATH: &str = "queue";
@@ -61,6 +61,9 @@ pub(crate) async fn run(
         )
         .await?;
     let mut sequencer = Sequencer::new();
+    // Taken before the first batch this consumer decides (it is then the active one), and kept
+    // while this subscription lasts.
+    let mut fence: Option<Fence> = None;
     loop {
         let first = tokio::select! {
             // Checked first: once shutdown is asked, no new batch is started.
@@ -76,7 +79,8 @@ pub(crate) async fn run(
                 Err(_linger_over) => break,
             }
         }
-        process_batch(&context, &channel, &mut sequencer, batch, &shutdown).await?;
+        let fenced = (&mut sequencer, &mut fence);
+        process_batch(&context, &channel, &queue, fenced, batch, &shutdown).await?;
     }
 }
 
@@ -93,7 +97,8 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::
 async fn process_batch(
     context: &Context,
     channel: &Channel,
-    sequencer: &mut Sequencer,
+    queue: &str,
+    (sequencer, fence): (&mut Sequencer, &mut Option<Fence>),
     batch: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -120,9 +125,26 @@ async fn process_batch(
     let mut look_up_stored = redelivered > 0;
     let mut attempt = 0;
     let (answers, unknown_items) = loop {
-        match decide_and_commit(&context.pool, sequencer, &pending, look_up_stored).await {
+        match decide_and_commit(
+            &context.pool,
+            queue,
+            sequencer,
+            fence,
+            &pending,
+            look_up_stored,
+        )
+        .await
+        {
             Ok(done) => break done,
-            Err(e) if !look_up_stored && is_unique_violation(&e) => {
+            Err(CommitError::Fenced { queue, epoch }) => {
+                // Another consumer became active on this partition while this one was paused
+                // or cut off: nothing of this batch was written. Step down; its deliveries go
+                // back to the broker, and to the active consumer.
+                crate::metrics::get().commit_failures.inc();
+                tracing::warn!(%queue, epoch, "fenced out by a newer consumer of the partition; stepping down");
+                anyhow::bail!("fenced out of {queue} (epoch {epoch} is no longer current)");
+            }
+            Err(CommitError::Database(e)) if !look_up_stored && is_unique_violation(&e) => {
                 sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
                 look_up_stored = true;
                 tracing::debug!(
@@ -251,18 +273,37 @@ async fn dead_letter(
     Ok(())
 }
 
+/// Who this consumer is, in `partition_epochs.holder`: host and process id.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown-host".into());
+    format!("{host}/{}", std::process::id())
+}
+
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
 /// Loads what the sequencer needs, decides, and commits. Returns one answer per request of a
-/// known item (in order) and the items that do not exist.
+/// known item (in order) and the items that do not exist. The first call of a subscription
+/// takes the partition's epoch, before any item state is loaded, so that state includes every
+/// commit of the previous holder.
 async fn decide_and_commit(
     pool: &sqlx::PgPool,
+    queue: &str,
     sequencer: &mut Sequencer,
+    fence: &mut Option<Fence>,
     pending: &[(usize, OrderRequest)],
     look_up_stored: bool,
-) -> Result<(Vec<Outcome>, Vec<ItemId>), sqlx::Error> {
+) -> Result<(Vec<Outcome>, Vec<ItemId>), CommitError> {
+    if fence.is_none() {
+        sequencer.forget_all();
+        let taken = store::take_epoch(pool, queue, &holder_name()).await?;
+        tracing::info!(%queue, epoch = taken.epoch, "active on the partition; took a new epoch");
+        *fence = Some(taken);
+    }
+    let fence = fence.as_ref().expect("taken above");
     let stored: HashMap<Uuid, Outcome> = if look_up_stored {
         let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
         store::stored_outcomes(pool, &ids).await?
@@ -288,7 +329,7 @@ async fn decide_and_commit(
     // Time-ordered ids keep the orders primary-key index appending at its right edge.
     let decision = sequencer.decide_batch(&requests, &stored, Uuid::now_v7);
     crate::failpoint::hit("before_commit");
-    store::commit_batch(pool, PATH, &decision).await?;
+    store::commit_batch(pool, PATH, &decision, fence).await?;
     crate::failpoint::hit("after_commit");
     let decisions = &crate::metrics::get().decisions;
     for new in &decision.new_outcomes {

@@ -95,6 +95,11 @@ impl Sequencer {
         }
     }
 
+    /// Drops everything (a consumer that becomes active rebuilds from the database).
+    pub fn forget_all(&mut self) {
+        self.items.clear();
+    }
+
     pub fn state(&self, item_id: ItemId) -> Option<&ItemState> {
         self.items.get(&item_id)
     }
