@@ -50,6 +50,19 @@ pub struct BrokerArgs {
     /// and the API answers 503, so the earliest buyers are never the ones dropped.
     #[arg(long, env = "SECKILL_QUEUE_LENGTH_MAX", default_value_t = 1_000_000)]
     pub queue_length_max: u32,
+
+    /// Kind of partition queue: `classic` (one node; fastest) or `quorum` (replicated over a
+    /// RabbitMQ cluster by Raft: survives the loss of a minority of nodes, costs more per
+    /// message). Changing it on existing queues needs them deleted first (drain them).
+    #[arg(long, env = "SECKILL_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
+    pub queue_type: QueueType,
+}
+
+/// See [`BrokerArgs::queue_type`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum QueueType {
+    Classic,
+    Quorum,
 }
 
 /// How the consumer daemon batches.

@@ -206,3 +206,53 @@ async fn order_status_goes_from_pending_to_decided() {
     api.shutdown.cancel();
     env.cleanup().await;
 }
+
+/// The same path on quorum queues (replicated in a cluster; here on the one local node):
+/// concurrent orders, a consumer killed mid-work and restarted, exactly the stock sold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quorum_partition_queues_sell_exactly_the_stock_across_a_consumer_crash() {
+    let env = TestEnv::with_broker(|b| b.queue_type = seckill::config::QueueType::Quorum).await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(50).await;
+    let requests: Vec<_> = (0..600)
+        .map(|i| {
+            let api = &api;
+            async move {
+                api.post(
+                    "/orders",
+                    json!({"item_id": item, "user_id": format!("user-{}", i % 200)}),
+                )
+                .await
+            }
+        })
+        .collect();
+    for (status, body) in run_concurrently(requests, 100).await {
+        assert_eq!(status, 202, "{body}");
+    }
+    // Crash a consumer after its 2nd commit (committed, not acked), then a clean one.
+    let mut crashing = env.spawn_consume("crashing", &[("SECKILL_FAILPOINT", "after_commit:2")]);
+    assert!(!crashing.wait_exit(Duration::from_secs(60)).await.success());
+    let clean = env.spawn_consume("clean", &[]);
+    env.wait_for_outcomes(item, 600, Duration::from_secs(60))
+        .await;
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!((report.orders, report.outcomes), (50, 600));
+    // The broker says what it made of the declaration.
+    let listing = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_queues", "name", "type", "--no-table-headers"])
+        .output()
+        .expect("rabbitmqctl runs");
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    let queue = env
+        .topology
+        .partition_queue(env.topology.partition_of(item));
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == [queue.as_str(), "quorum"]),
+        "{queue} should be a quorum queue:\n{listing}"
+    );
+    drop(clean);
+    api.shutdown.cancel();
+    env.cleanup().await;
+}

@@ -13,7 +13,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Channel, ExchangeKind};
 
-use crate::config::BrokerArgs;
+use crate::config::{BrokerArgs, QueueType};
 use crate::domain::ItemId;
 
 #[derive(Debug, Clone)]
@@ -21,6 +21,7 @@ pub struct Topology {
     prefix: String,
     partitions: u16,
     queue_length_max: u32,
+    queue_type: QueueType,
 }
 
 impl Topology {
@@ -29,6 +30,7 @@ impl Topology {
             prefix: args.queue_prefix.clone(),
             partitions: args.partitions,
             queue_length_max: args.queue_length_max,
+            queue_type: args.queue_type,
         }
     }
 
@@ -145,8 +147,19 @@ impl Topology {
             "x-overflow".into(),
             AMQPValue::LongString("reject-publish".into()),
         );
-        // Classic queue storage v2 (RabbitMQ 3.10+): cheaper persistent messages than v1.
-        args.insert("x-queue-version".into(), AMQPValue::ShortShortUInt(2));
+        match self.queue_type {
+            // Classic queue storage v2 (RabbitMQ 3.10+): cheaper persistent messages than v1.
+            QueueType::Classic => {
+                args.insert("x-queue-version".into(), AMQPValue::ShortShortUInt(2));
+            }
+            // Replicated by Raft over the cluster's nodes; always durable.
+            QueueType::Quorum => {
+                args.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("quorum".into()),
+                );
+            }
+        }
         // Anything the broker itself dead-letters goes where operators already look.
         args.insert(
             "x-dead-letter-exchange".into(),
@@ -189,6 +202,7 @@ mod tests {
             prefix: "t".into(),
             partitions,
             queue_length_max: 10,
+            queue_type: QueueType::Classic,
         }
     }
 

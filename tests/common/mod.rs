@@ -42,6 +42,11 @@ pub struct TestEnv {
 impl TestEnv {
     /// A fresh, migrated database and a fresh queue prefix.
     pub async fn new() -> Self {
+        Self::with_broker(|_| {}).await
+    }
+
+    /// Like [`TestEnv::new`], with broker settings changed before the topology is declared.
+    pub async fn with_broker(configure: impl FnOnce(&mut BrokerArgs)) -> Self {
         let tag = Uuid::new_v4().simple().to_string()[..12].to_string();
         let mut url = url::Url::parse(&base_database_url()).expect("DATABASE_URL parses");
         url.set_path(&format!("seckill_test_{tag}"));
@@ -49,12 +54,14 @@ impl TestEnv {
             database_url: url.to_string(),
             db_pool_max: 16,
         };
-        let broker = BrokerArgs {
+        let mut broker = BrokerArgs {
             amqp_url: amqp_url(),
             queue_prefix: format!("seckill-test-{tag}"),
             partitions: PARTITIONS,
             queue_length_max: 1_000_000,
+            queue_type: seckill::config::QueueType::Classic,
         };
+        configure(&mut broker);
         let pool = seckill::store::connect(&database)
             .await
             .expect("test database");
@@ -415,6 +422,13 @@ impl TestEnv {
             .env(
                 "SECKILL_QUEUE_LENGTH_MAX",
                 self.broker.queue_length_max.to_string(),
+            )
+            .env(
+                "SECKILL_QUEUE_TYPE",
+                match self.broker.queue_type {
+                    seckill::config::QueueType::Classic => "classic",
+                    seckill::config::QueueType::Quorum => "quorum",
+                },
             )
             .env("SECKILL_REDIS_PREFIX", &self.broker.queue_prefix)
             .env("SECKILL_BATCH_SIZE_MAX", "100")
