@@ -63,6 +63,7 @@ pub struct AppState {
     /// One permit per request being handled: when none is left, requests are shed (503) instead
     /// of queueing without bound.
     in_flight: Arc<Semaphore>,
+    /// The bound of `in_flight`, named in the 503 that says it is reached.
     in_flight_max: u32,
     /// One permit per client waiting for its decision (`?wait=`): past the bound a request is
     /// answered 202 at once, so waiting clients cannot pile up memory.
@@ -74,7 +75,7 @@ pub struct AppState {
 impl AppState {
     /// An API over these services, with the default [`ApiLimits`] (see [`AppState::with_limits`]).
     /// Building it cannot fail: everything that can (connecting, parsing settings) happened
-    /// before, in the caller.
+    /// before, in the caller. Call it inside the tokio runtime (it starts the request-log writer).
     pub fn new(
         pool: PgPool,
         publisher: Arc<Publisher>,
