@@ -48,8 +48,22 @@ pub const BODY_LEN_MAX: usize = 16 * 1024;
 /// deleted, so a remembered id never goes stale).
 const KNOWN_ITEMS_MAX: usize = 100_000;
 
+/// What every handler shares. Cloned for each extractor of each request, so it is one `Arc`:
+/// a clone is one atomic increment (cloning the fields would allocate the token string and lock
+/// the cancellation token's mutex, several times per request).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+#[derive(Clone)]
+pub struct Shared {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
     /// Batched writer of the accepted-request log.
@@ -83,7 +97,7 @@ impl AppState {
         admin_token: Option<String>,
     ) -> Self {
         let limits = ApiLimits::default();
-        Self {
+        Self(Arc::new(Shared {
             accepted: AcceptedLog::start(pool.clone()),
             paths: Arc::new(paths),
             pool,
@@ -94,17 +108,18 @@ impl AppState {
             in_flight_max: limits.http_in_flight_max,
             reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
             shutdown: CancellationToken::new(),
-        }
+        }))
     }
 
     /// Replaces the overload bounds.
     pub fn with_limits(self, limits: ApiLimits) -> Self {
-        Self {
+        let shared = Arc::unwrap_or_clone(self.0);
+        Self(Arc::new(Shared {
             in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
             in_flight_max: limits.http_in_flight_max,
             reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
-            ..self
-        }
+            ..shared
+        }))
     }
 
     /// A waiting slot for a `?wait=` client, if one is free.
@@ -244,10 +259,10 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let state = AppState {
+    let state = AppState(Arc::new(Shared {
         shutdown: shutdown.clone(),
-        ..state
-    };
+        ..Arc::unwrap_or_clone(state.0)
+    }));
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;
