@@ -369,6 +369,9 @@ pub async fn run(
 }
 
 /// Runs the scenario through one path: fresh items, the load, then the audit.
+/// Most requests of a path's warm-up (a tenth of the run, up to this).
+const WARM_UP_REQUESTS_MAX: usize = 1000;
+
 /// Soak-mode settings.
 struct SoakArgs {
     duration: Duration,
@@ -384,6 +387,37 @@ async fn run_path(
     attempts: &Arc<Vec<Attempt>>,
     soak: Option<&SoakArgs>,
 ) -> anyhow::Result<(PathResult, Vec<i64>)> {
+    // Warm-up on an item of its own (not reported): opens the HTTP and database connections
+    // and lets the path reach its steady state, so the measured run is not mostly ramp-up.
+    let warm_up_spec = ScenarioSpec {
+        items: 1,
+        ..spec.clone()
+    };
+    let mut warm_up_items = create_items(bench, path, &warm_up_spec).await?;
+    let warm_up: Vec<Attempt> = attempts
+        .iter()
+        .take((attempts.len() / 10).clamp(1, WARM_UP_REQUESTS_MAX))
+        .map(|a| Attempt {
+            item: 0,
+            user: a.user.clone(),
+        })
+        .collect();
+    let recorder = drive(
+        bench,
+        path,
+        &Arc::new(warm_up_items.clone()),
+        &Arc::new(warm_up),
+    )
+    .await?;
+    let expected = recorder.total() as i64 - recorder.count("error") as i64;
+    ceiling::wait_decided(
+        &bench.pool,
+        &warm_up_items,
+        expected,
+        Duration::from_secs(300),
+    )
+    .await?;
+
     let items = Arc::new(create_items(bench, path, spec).await?);
     let started = Instant::now();
     let (recorder, samples) = match soak {
@@ -408,7 +442,8 @@ async fn run_path(
     let elapsed = started.elapsed();
     let mut result = summarize(bench, path, spec, &items, &recorder, elapsed).await?;
     result.soak = samples;
-    Ok((result, items.to_vec()))
+    warm_up_items.extend(items.iter());
+    Ok((result, warm_up_items))
 }
 
 /// Sends every attempt once, `bench.concurrency` at a time; returns what the clients saw.
