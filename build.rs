@@ -3,6 +3,7 @@
 fn main() {
     println!("cargo:rerun-if-changed=migrations");
     println!("cargo:rerun-if-changed=.git/HEAD");
+    println!("cargo:rerun-if-changed=.git/logs/HEAD"); // moves on every commit
     if let Ok(out) = std::process::Command::new("git")
         .args(["rev-parse", "--short=12", "HEAD"])
         .output()
