@@ -8,6 +8,7 @@
 //! What they share lives here, so that a path's file holds only its algorithm:
 //! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
 //!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
+//! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory).
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
@@ -181,6 +182,34 @@ pub async fn decide(
     Err(PathError::Unavailable(
         "the request could not be decided in time".into(),
     ))
+}
+
+/// The decision a locking path makes once it holds the item's lock and has read, under it, the
+/// stock and whether the user already bought: buyer check first, then stock; the order, the
+/// decrement and the outcome are written in the caller's transaction, which keeps the lock until
+/// it commits.
+pub async fn decide_locked(
+    tx: &mut sqlx::PgConnection,
+    path: &'static str,
+    request: &OrderRequest,
+    stock: i64,
+    is_buyer: bool,
+) -> Result<Outcome, PathError> {
+    if is_buyer {
+        return record_outcome(&mut *tx, path, request, Status::AlreadyPurchased, None).await;
+    }
+    if stock == 0 {
+        return record_outcome(&mut *tx, path, request, Status::SoldOut, None).await;
+    }
+    // A conflict is impossible under the lock unless another path sold meanwhile.
+    let order_id = insert_order(&mut *tx, request)
+        .await?
+        .ok_or(PathError::AlreadyDecided)?;
+    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
+        .bind(request.item_id)
+        .execute(&mut *tx)
+        .await?;
+    record_outcome(&mut *tx, path, request, Status::Purchased, Some(order_id)).await
 }
 
 /// Inserts the order of a purchase in the caller's transaction. `None` when the user already

@@ -9,8 +9,8 @@
 
 use sqlx::PgPool;
 
-use super::{PathError, PurchasePath, insert_order, record_outcome};
-use crate::domain::{OrderRequest, Outcome, Status};
+use super::{PathError, PurchasePath, decide_locked};
+use crate::domain::{OrderRequest, Outcome};
 
 pub struct Pessimistic {
     pool: PgPool,
@@ -46,35 +46,7 @@ impl PurchasePath for Pessimistic {
         .fetch_one(&mut *tx)
         .await?;
 
-        let outcome = if is_buyer {
-            record_outcome(
-                &mut *tx,
-                self.name(),
-                request,
-                Status::AlreadyPurchased,
-                None,
-            )
-            .await?
-        } else if stock == 0 {
-            record_outcome(&mut *tx, self.name(), request, Status::SoldOut, None).await?
-        } else {
-            // A conflict is impossible under the lock unless another path sold meanwhile.
-            let order_id = insert_order(&mut *tx, request)
-                .await?
-                .ok_or(PathError::AlreadyDecided)?;
-            sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
-                .bind(request.item_id)
-                .execute(&mut *tx)
-                .await?;
-            record_outcome(
-                &mut *tx,
-                self.name(),
-                request,
-                Status::Purchased,
-                Some(order_id),
-            )
-            .await?
-        };
+        let outcome = decide_locked(&mut tx, self.name(), request, stock, is_buyer).await?;
         tx.commit().await?;
         Ok(outcome)
     }
