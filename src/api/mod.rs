@@ -200,11 +200,9 @@ async fn shed_load(State(state): State<AppState>, request: Request, next: Next) 
 /// able to grow the metrics) and status, and times it.
 async fn count_requests(request: Request, next: Next) -> Response {
     let metrics = crate::metrics::get();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    // `MatchedPath` is a shared string: cloning it allocates nothing.
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     let method = request.method().clone();
     let started = Instant::now();
     metrics.http_in_flight.inc();
@@ -212,11 +210,11 @@ async fn count_requests(request: Request, next: Next) -> Response {
     metrics.http_in_flight.dec();
     metrics
         .http_requests
-        .with_label_values(&[method.as_str(), &route, response.status().as_str()])
+        .with_label_values(&[method.as_str(), route, response.status().as_str()])
         .inc();
     metrics
         .http_latency
-        .with_label_values(&[&route])
+        .with_label_values(&[route])
         .observe(started.elapsed().as_secs_f64());
     response
 }
