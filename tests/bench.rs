@@ -19,6 +19,19 @@ fn bench_args(flags: &[&str]) -> BenchArgs {
     Flags::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
 }
 
+/// `seckill bench` in-process, on this test's database, queues and Redis keys.
+async fn run_bench(env: &TestEnv, args: BenchArgs) -> bench::BenchResults {
+    bench::run(
+        env.database.clone(),
+        env.broker.clone(),
+        env.consumer_args(),
+        env.path_args(),
+        args,
+    )
+    .await
+    .expect("bench runs")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_run_of_every_path_audits_clean_but_naive() {
     let env = TestEnv::new().await;
@@ -35,15 +48,7 @@ async fn a_small_run_of_every_path_audits_clean_but_naive() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let results = bench::run(
-        env.database.clone(),
-        env.broker.clone(),
-        env.consumer_args(),
-        env.path_args(),
-        args,
-    )
-    .await
-    .expect("bench runs");
+    let results = run_bench(&env, args).await;
 
     assert_eq!(
         results.paths.len(),
@@ -117,15 +122,7 @@ async fn direct_mode_and_the_spread_scenario_audit_clean() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let results = bench::run(
-        env.database.clone(),
-        env.broker.clone(),
-        env.consumer_args(),
-        env.path_args(),
-        args,
-    )
-    .await
-    .expect("bench runs");
+    let results = run_bench(&env, args).await;
     assert_eq!(results.paths.len(), 3);
     for r in &results.paths {
         assert!(r.audit.clean, "{}: {:?}", r.path, r.audit.violations);

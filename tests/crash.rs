@@ -6,19 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{PARTITIONS, TestEnv};
-use seckill::domain::OrderRequest;
-use uuid::Uuid;
-
-fn requests(item_id: i64, count: usize, users: usize) -> Vec<OrderRequest> {
-    (0..count)
-        .map(|i| OrderRequest {
-            request_id: Uuid::new_v4(),
-            item_id,
-            user_id: format!("user-{}", i % users),
-        })
-        .collect()
-}
+use common::{PARTITIONS, TestEnv, requests};
 
 async fn wait_for_exit(
     child: &mut tokio::process::Child,

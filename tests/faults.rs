@@ -13,7 +13,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TestApi, TestEnv};
+use common::{Daemon, TestApi, TestEnv, requests};
 use lapin::options::BasicPublishOptions;
 use nix::sys::signal::Signal;
 use seckill::domain::OrderRequest;
@@ -164,16 +164,6 @@ impl Drop for PostgresStopped {
             let _ = Self::pg_ctlcluster(&self.version, "start");
         }
     }
-}
-
-fn requests(item_id: i64, count: usize, users: usize) -> Vec<OrderRequest> {
-    (0..count)
-        .map(|i| OrderRequest {
-            request_id: Uuid::new_v4(),
-            item_id,
-            user_id: format!("user-{}", i % users),
-        })
-        .collect()
 }
 
 /// What a client saw while buying through the API.

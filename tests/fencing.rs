@@ -8,8 +8,6 @@ use std::time::{Duration, Instant};
 
 use common::TestEnv;
 use nix::sys::signal::Signal;
-use seckill::domain::OrderRequest;
-use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_consumer_cannot_commit_after_the_standby_took_over() {
@@ -33,13 +31,7 @@ async fn a_paused_consumer_cannot_commit_after_the_standby_took_over() {
     wait_for_log(&standby, "waiting for deliveries").await;
 
     let total = 3000;
-    let requests: Vec<OrderRequest> = (0..total)
-        .map(|i| OrderRequest {
-            request_id: Uuid::new_v4(),
-            item_id: item,
-            user_id: format!("user-{}", i % 600),
-        })
-        .collect();
+    let requests = common::requests(item, total, 600);
     env.publish_direct(&requests).await;
     wait_for_log(&zombie, "failpoint before_commit reached: stopping").await;
     let decided_by_zombie = env.outcome_count(item).await;

@@ -349,6 +349,17 @@ async fn split(response: reqwest::Response) -> (u16, Value) {
     (status, body)
 }
 
+/// `count` fresh requests for one item from `users` buyers in turn (`user-0`, `user-1`, …).
+pub fn requests(item_id: i64, count: usize, users: usize) -> Vec<seckill::domain::OrderRequest> {
+    (0..count)
+        .map(|i| seckill::domain::OrderRequest {
+            request_id: Uuid::new_v4(),
+            item_id,
+            user_id: format!("user-{}", i % users),
+        })
+        .collect()
+}
+
 /// Drains a stream-like list of futures with bounded concurrency.
 pub async fn run_concurrently<F, T>(futures: Vec<F>, concurrency: usize) -> Vec<T>
 where
