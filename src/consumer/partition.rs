@@ -60,10 +60,7 @@ pub(crate) async fn run(
             FieldTable::default(),
         )
         .await?;
-    let mut sequencer = Sequencer::new();
-    // Taken before the first batch this consumer decides (it is then the active one), and kept
-    // while this subscription lasts.
-    let mut fence: Option<Fence> = None;
+    let mut decider = Decider::default();
     loop {
         let first = tokio::select! {
             // Checked first: once shutdown is asked, no new batch is started.
@@ -79,8 +76,7 @@ pub(crate) async fn run(
                 Err(_linger_over) => break,
             }
         }
-        let fenced = (&mut sequencer, &mut fence);
-        process_batch(&context, &channel, &queue, fenced, batch, &shutdown).await?;
+        process_batch(&context, &channel, &queue, &mut decider, batch, &shutdown).await?;
     }
 }
 
@@ -94,11 +90,20 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::
     }
 }
 
+/// What one subscription to a partition decides with.
+#[derive(Default)]
+struct Decider {
+    sequencer: Sequencer,
+    /// Taken before the first batch this consumer decides (it is then the active one), and kept
+    /// while the subscription lasts.
+    fence: Option<Fence>,
+}
+
 async fn process_batch(
     context: &Context,
     channel: &Channel,
     queue: &str,
-    (sequencer, fence): (&mut Sequencer, &mut Option<Fence>),
+    decider: &mut Decider,
     batch: Vec<Delivery>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
@@ -125,16 +130,7 @@ async fn process_batch(
     let mut look_up_stored = redelivered > 0;
     let mut attempt = 0;
     let (answers, unknown_items) = loop {
-        match decide_and_commit(
-            &context.pool,
-            queue,
-            sequencer,
-            fence,
-            &pending,
-            look_up_stored,
-        )
-        .await
-        {
+        match decide_and_commit(&context.pool, queue, decider, &pending, look_up_stored).await {
             Ok(done) => break done,
             Err(CommitError::Fenced { queue, epoch }) => {
                 // Another consumer became active on this partition while this one was paused
@@ -145,14 +141,18 @@ async fn process_batch(
                 anyhow::bail!("fenced out of {queue} (epoch {epoch} is no longer current)");
             }
             Err(CommitError::Database(e)) if !look_up_stored && is_unique_violation(&e) => {
-                sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
+                decider
+                    .sequencer
+                    .forget(pending.iter().map(|(_, r)| r.item_id));
                 look_up_stored = true;
                 tracing::debug!(
                     "a request of the batch was decided before; redoing it with a lookup"
                 );
             }
             Err(e) => {
-                sequencer.forget(pending.iter().map(|(_, r)| r.item_id));
+                decider
+                    .sequencer
+                    .forget(pending.iter().map(|(_, r)| r.item_id));
                 look_up_stored = true;
                 crate::metrics::get().commit_failures.inc();
                 let pause = crate::backoff::delay(
@@ -292,8 +292,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 async fn decide_and_commit(
     pool: &sqlx::PgPool,
     queue: &str,
-    sequencer: &mut Sequencer,
-    fence: &mut Option<Fence>,
+    Decider { sequencer, fence }: &mut Decider,
     pending: &[(usize, OrderRequest)],
     look_up_stored: bool,
 ) -> Result<(Vec<Outcome>, Vec<ItemId>), CommitError> {
