@@ -80,11 +80,22 @@ pub struct ConsumerArgs {
     /// Unacknowledged deliveries the broker may push per partition (must be >= the batch size).
     #[arg(long, env = "SECKILL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
+
+    /// Seconds an item's state (stock left, buyers) stays in memory after its last request;
+    /// then it is dropped, and loaded again from the database if a request comes. Bounds the
+    /// daemon's memory by the items being sold now, not every item ever sold.
+    #[arg(long, env = "SECKILL_ITEM_IDLE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub item_idle_secs: u64,
 }
 
 impl ConsumerArgs {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
+    }
+
+    pub fn item_idle(&self) -> Duration {
+        Duration::from_secs(self.item_idle_secs)
     }
 }
 

@@ -61,22 +61,53 @@ pub(crate) async fn run(
         )
         .await?;
     let mut decider = Decider::default();
+    let result = decide_until_stopped(
+        &context,
+        &channel,
+        &queue,
+        &mut decider,
+        &mut deliveries,
+        &shutdown,
+    )
+    .await;
+    // This subscription's item states leave memory with it.
+    decider.report_memory(0);
+    result
+}
+
+/// The partition's loop: batch after batch, and a look for idle items now and then (also while
+/// no request comes).
+async fn decide_until_stopped(
+    context: &Context,
+    channel: &Channel,
+    queue: &str,
+    decider: &mut Decider,
+    deliveries: &mut lapin::Consumer,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let idle = context.args.item_idle();
+    let mut sweeps = tokio::time::interval(EVICTION_SWEEP_EVERY.min(idle / 4));
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             // Checked first: once shutdown is asked, no new batch is started.
             biased;
             _ = shutdown.cancelled() => return Ok(()),
+            _ = sweeps.tick() => {
+                decider.evict_idle(idle, queue);
+                continue;
+            }
             next = deliveries.next() => next,
         };
-        let mut batch = vec![next_delivery(first, &queue)?];
+        let mut batch = vec![next_delivery(first, queue)?];
         let deadline = tokio::time::Instant::now() + context.args.batch_linger();
         while batch.len() < usize::from(context.args.batch_size_max) {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(next) => batch.push(next_delivery(next, &queue)?),
+                Ok(next) => batch.push(next_delivery(next, queue)?),
                 Err(_linger_over) => break,
             }
         }
-        process_batch(&context, &channel, &queue, &mut decider, batch, &shutdown).await?;
+        process_batch(context, channel, queue, decider, batch, shutdown).await?;
     }
 }
 
@@ -90,6 +121,9 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::
     }
 }
 
+/// Most time between two looks for idle items (less when the idle time is short).
+const EVICTION_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// What one subscription to a partition decides with.
 #[derive(Default)]
 struct Decider {
@@ -97,6 +131,26 @@ struct Decider {
     /// Taken before the first batch this consumer decides (it is then the active one), and kept
     /// while the subscription lasts.
     fence: Option<Fence>,
+    /// Items of this sequencer counted in the `items_in_memory` gauge.
+    reported_items: usize,
+}
+
+impl Decider {
+    fn evict_idle(&mut self, idle: Duration, queue: &str) {
+        let evicted = self.sequencer.evict_idle(Instant::now(), idle);
+        if evicted > 0 {
+            crate::metrics::get().items_evicted.inc_by(evicted as u64);
+            tracing::debug!(%queue, evicted, kept = self.sequencer.len(), "dropped the state of idle items");
+        }
+        self.report_memory(self.sequencer.len());
+    }
+
+    /// Moves the process-wide gauge of items in memory by this sequencer's change.
+    fn report_memory(&mut self, items: usize) {
+        let gauge = &crate::metrics::get().items_in_memory;
+        gauge.add(items as i64 - self.reported_items as i64);
+        self.reported_items = items;
+    }
 }
 
 async fn process_batch(
@@ -171,6 +225,11 @@ async fn process_batch(
             }
         }
     };
+    decider
+        .sequencer
+        .touch(pending.iter().map(|(_, r)| r.item_id), Instant::now());
+    let items_known = decider.sequencer.len();
+    decider.report_memory(items_known);
     let commit_time = started.elapsed();
     let commit_ms = commit_time.as_millis() as u64;
     if attempt > 0 {
@@ -292,7 +351,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 async fn decide_and_commit(
     pool: &sqlx::PgPool,
     queue: &str,
-    Decider { sequencer, fence }: &mut Decider,
+    Decider {
+        sequencer, fence, ..
+    }: &mut Decider,
     pending: &[(usize, OrderRequest)],
     look_up_stored: bool,
 ) -> Result<(Vec<Outcome>, Vec<ItemId>), CommitError> {

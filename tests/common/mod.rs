@@ -2,6 +2,7 @@
 //! PostgreSQL and RabbitMQ, so tests run in parallel and repeatedly without seeing each other.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +100,7 @@ impl TestEnv {
             batch_size_max: 200,
             batch_linger_ms: 2,
             prefetch: 400,
+            item_idle_secs: 300,
         }
     }
 
@@ -513,4 +515,29 @@ impl TestEnv {
             shutdown: CancellationToken::new(),
         }
     }
+}
+
+/// Parses the Prometheus text format into `name{labels}` → value.
+pub async fn scrape(base: &str) -> HashMap<String, f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn free_port_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
 }
