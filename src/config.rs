@@ -145,8 +145,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_ALLOW_PUBLIC_WITHOUT_TOKEN")]
     pub allow_public_without_token: bool,
 
+    /// Milliseconds an item announced sold out is answered `sold_out` at once, without
+    /// publishing (each new announcement renews it; a restock ends it). 0: never shed, every
+    /// request goes to the decider.
+    #[arg(long, env = "SECKILL_SOLD_OUT_TTL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub sold_out_ttl_ms: u64,
+
     #[command(flatten)]
     pub limits: ApiLimits,
+}
+
+impl ServeArgs {
+    /// How long a sold-out mark lasts; `None` when shedding is off.
+    pub fn sold_out_ttl(&self) -> Option<Duration> {
+        (self.sold_out_ttl_ms > 0).then(|| Duration::from_millis(self.sold_out_ttl_ms))
+    }
 }
 
 /// The API's bounds under overload: past them it answers at once rather than queue work and

@@ -10,10 +10,10 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TestApi, TestEnv, free_port_addr, requests, scrape};
+use common::{TestApi, TestEnv, free_port_addr, requests, scrape, wait_for_log};
 use lapin::options::BasicPublishOptions;
 use nix::sys::signal::Signal;
 use seckill::domain::OrderRequest;
@@ -251,18 +251,6 @@ async fn assert_each_decided_once(env: &TestEnv, item: i64, requests: &[OrderReq
     );
     let buyers: HashSet<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
     assert_eq!(report.orders, stock.min(buyers.len() as i64));
-}
-
-async fn wait_for_log(daemon: &Daemon, needle: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !daemon.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not logged within {within:?}; log:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---- broker ----------------------------------------------------------------------------------

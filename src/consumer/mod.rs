@@ -12,11 +12,17 @@ use std::time::Duration;
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use sqlx::PgPool;
+use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::{self, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs};
+use crate::domain::ItemId;
+
+/// Restock announcements a partition may fall behind by before it drops all its item states.
+const RESTOCKS_BUFFERED_MAX: usize = 1024;
 
 /// Longest a partition may take to finish its current batch once told to stop.
 const PARTITION_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -28,6 +34,8 @@ pub(crate) struct Context {
     pub args: ConsumerArgs,
     /// Confirm-mode channel for dead letters: a bad message is acked only once its copy is safe.
     pub dead_letters: lapin::Channel,
+    /// Items announced restocked: each partition drops their state before its next batch.
+    pub restocked: broadcast::Sender<ItemId>,
 }
 
 /// Runs until `shutdown` is cancelled: then each partition finishes (commits and acks) the batch
@@ -102,11 +110,16 @@ async fn run_connected(
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
+    let announcements =
+        item_events::subscribe(&connection.create_channel().await?, topology).await?;
+    tokio::spawn(relay_restocks(announcements, restocked.clone()));
     let context = Arc::new(Context {
         pool: pool.clone(),
         topology: topology.clone(),
         args: args.clone(),
         dead_letters,
+        restocked,
     });
 
     // Stops this connection's partitions: on shutdown, and when one of them or the connection
@@ -174,4 +187,15 @@ async fn run_connected(
         .close(200, "seckill consumer stopping".into())
         .await;
     outcome
+}
+
+/// Hands each restock announcement to the partitions; ends with the connection (whose end also
+/// ends the partitions, which then rebuild every item from the database).
+async fn relay_restocks(mut announcements: lapin::Consumer, restocked: broadcast::Sender<ItemId>) {
+    while let Some(Ok(delivery)) = announcements.next().await {
+        if let Some(ItemEvent::Restocked { item_id }) = ItemEvent::decode(&delivery.data) {
+            tracing::info!(item_id, "item restocked; its state will be reloaded");
+            let _ = restocked.send(item_id);
+        }
+    }
 }

@@ -24,11 +24,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
-use super::sequencer::Sequencer;
+use super::sequencer::{ItemState, Sequencer};
+use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
 use crate::domain::{ItemId, OrderRequest, Outcome};
 use crate::store::{self, CommitError, Fence};
@@ -61,12 +63,14 @@ pub(crate) async fn run(
         )
         .await?;
     let mut decider = Decider::default();
+    let mut restocked = context.restocked.subscribe();
     let result = decide_until_stopped(
         &context,
         &channel,
         &queue,
         &mut decider,
         &mut deliveries,
+        &mut restocked,
         &shutdown,
     )
     .await;
@@ -83,6 +87,7 @@ async fn decide_until_stopped(
     queue: &str,
     decider: &mut Decider,
     deliveries: &mut lapin::Consumer,
+    restocked: &mut broadcast::Receiver<ItemId>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let idle = context.args.item_idle();
@@ -107,7 +112,20 @@ async fn decide_until_stopped(
                 Err(_linger_over) => break,
             }
         }
+        forget_restocked(restocked, &mut decider.sequencer);
         process_batch(context, channel, queue, decider, batch, shutdown).await?;
+    }
+}
+
+/// Drops the state of items restocked since the last batch: their next request reloads them
+/// from the database, new units included.
+fn forget_restocked(restocked: &mut broadcast::Receiver<ItemId>, sequencer: &mut Sequencer) {
+    loop {
+        match restocked.try_recv() {
+            Ok(item_id) => sequencer.forget([item_id]),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.forget_all(),
+            Err(_empty_or_closed) => return,
+        }
     }
 }
 
@@ -282,6 +300,7 @@ async fn process_batch(
             replied += outcomes.len();
         }
     }
+    announce_sold_out(context, channel, decider, &decided).await;
     tracing::debug!(
         size = batch.len(),
         decided = answers.len(),
@@ -292,6 +311,35 @@ async fn process_batch(
         "batch committed"
     );
     Ok(())
+}
+
+/// Tells every API instance which items of the batch are sold out, so they answer `sold_out`
+/// at the door (see [`crate::shedding`]). Sent after every batch that saw such an item, so an
+/// API instance started later learns it too; a lost announcement only costs a shed request.
+async fn announce_sold_out(
+    context: &Context,
+    channel: &Channel,
+    decider: &Decider,
+    decided: &[&(usize, OrderRequest)],
+) {
+    let mut items: Vec<ItemId> = decided
+        .iter()
+        .map(|(_, r)| r.item_id)
+        .filter(|id| {
+            decider
+                .sequencer
+                .state(*id)
+                .is_some_and(ItemState::is_sold_out)
+        })
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    for item_id in items {
+        let event = ItemEvent::SoldOut { item_id };
+        if let Err(e) = item_events::publish(channel, &context.topology, &event).await {
+            tracing::debug!(item_id, error = %e, "could not announce an item sold out");
+        }
+    }
 }
 
 /// Copies undecidable messages to the dead-letter exchange with the reason, and waits for the

@@ -26,6 +26,11 @@ pub struct ItemState {
 }
 
 impl ItemState {
+    /// True when no request can be sold anything any more (until a restock).
+    pub fn is_sold_out(&self) -> bool {
+        self.stock_remaining == 0
+    }
+
     /// Applies the rules to one request. The buyer check comes first: a repeat buyer must never
     /// take stock, and is told `already_purchased` even when stock has run out.
     pub fn decide(&mut self, user_id: &str) -> Status {

@@ -116,6 +116,20 @@ impl TestEnv {
 
     /// Starts the API in-process on a free port.
     pub async fn start_api(&self, admin_token: Option<&str>) -> TestApi {
+        self.start_api_with(admin_token, None).await
+    }
+
+    /// An API that answers `sold_out` at the door once an item is announced sold out, each mark
+    /// lasting `sold_out_ttl` (see `seckill::shedding`).
+    pub async fn start_api_shedding(&self, sold_out_ttl: Duration) -> TestApi {
+        self.start_api_with(None, Some(sold_out_ttl)).await
+    }
+
+    async fn start_api_with(
+        &self,
+        admin_token: Option<&str>,
+        sold_out_ttl: Option<Duration>,
+    ) -> TestApi {
         let publisher = Arc::new(
             Publisher::connect(&self.broker.amqp_url, self.topology.clone())
                 .await
@@ -126,12 +140,21 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let paths = seckill::paths::Registry::new(self.pool.clone(), &self.path_args())
             .expect("purchase paths");
-        let state = AppState::new(
+        let mut state = AppState::new(
             self.pool.clone(),
             publisher,
             paths,
             admin_token.map(str::to_owned),
         );
+        if let Some(ttl) = sold_out_ttl {
+            state = state.with_shedding(seckill::shedding::Shedder::start(
+                self.pool.clone(),
+                self.broker.amqp_url.clone(),
+                self.topology.clone(),
+                ttl,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
         TestApi {
             base,
@@ -540,4 +563,17 @@ pub fn free_port_addr() -> String {
         .unwrap()
         .port();
     format!("127.0.0.1:{port}")
+}
+
+/// Waits (bounded) until the daemon's log contains `needle`.
+pub async fn wait_for_log(daemon: &Daemon, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !daemon.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not logged within {within:?}; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
