@@ -3,6 +3,7 @@
 //! others wait as hot standbys. A broker outage ends the connection's partitions together; the
 //! daemon reconnects with capped, jittered backoff, and rebuilds item state from the database.
 
+pub mod balance;
 pub mod partition;
 pub mod sequencer;
 
