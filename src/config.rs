@@ -80,11 +80,43 @@ pub struct ConsumerArgs {
     /// Unacknowledged deliveries the broker may push per partition (must be >= the batch size).
     #[arg(long, env = "SECKILL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
+
+    /// How often, in milliseconds, a daemon renews its lease in `consumer_leases` (its proof of
+    /// life to the other daemons) and re-reads who is alive, to balance partitions among them.
+    #[arg(long, env = "SECKILL_LEASE_HEARTBEAT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub lease_heartbeat_ms: u64,
+
+    /// How long, in milliseconds, a lease outlives its last renewal (judged by PostgreSQL's
+    /// clock). A daemon that stops renewing (killed, paused, cut off) counts as gone after it,
+    /// and its share is rebalanced. At least twice the heartbeat.
+    #[arg(long, env = "SECKILL_LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub lease_ttl_ms: u64,
+
+    /// How long, in milliseconds, a daemon must have held its lease before partitions are
+    /// handed over to it: daemons starting together, or one restarting in a loop, cause one
+    /// rebalance rather than many.
+    #[arg(long, env = "SECKILL_LEASE_SETTLE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub lease_settle_ms: u64,
 }
 
 impl ConsumerArgs {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
+    }
+
+    pub fn lease_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.lease_heartbeat_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    pub fn lease_settle(&self) -> Duration {
+        Duration::from_millis(self.lease_settle_ms)
     }
 }
 

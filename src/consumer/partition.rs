@@ -41,6 +41,7 @@ pub(crate) async fn run(
     channel: Channel,
     partition: u16,
     shutdown: CancellationToken,
+    mut on_active: Option<super::OnActive>,
 ) -> anyhow::Result<()> {
     let queue = context.topology.partition_queue(partition);
     // Per-consumer prefetch: enough unacked deliveries in flight to fill the next batch while
@@ -77,6 +78,12 @@ pub(crate) async fn run(
             }
         }
         process_batch(&context, &channel, &queue, &mut decider, batch, &shutdown).await?;
+        // The first batch took the epoch: this subscription is the partition's active one.
+        if let Some(fence) = &decider.fence
+            && let Some(hook) = on_active.take()
+        {
+            hook.report(fence);
+        }
     }
 }
 
@@ -274,7 +281,7 @@ async fn dead_letter(
 }
 
 /// Who this consumer is, in `partition_epochs.holder`: host and process id.
-fn holder_name() -> String {
+pub(crate) fn holder_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into());

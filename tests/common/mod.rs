@@ -99,6 +99,9 @@ impl TestEnv {
             batch_size_max: 200,
             batch_linger_ms: 2,
             prefetch: 400,
+            lease_heartbeat_ms: 1000,
+            lease_ttl_ms: 10_000,
+            lease_settle_ms: 10_000,
         }
     }
 
