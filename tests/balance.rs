@@ -334,3 +334,56 @@ fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// The lease table on its own: a lease is live until its TTL by the database's clock, settles
+/// after the settle time, and one renewed after it expired counts as a new join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_expire_and_settle_by_the_database_clock() {
+    use seckill::consumer::lease;
+    let env = TestEnv::new().await;
+    let prefix = &env.broker.queue_prefix;
+    // Wide margins: the machine is slow, and only the database's clock is asked.
+    let ttl = Duration::from_secs(5);
+    let settle = Duration::from_secs(2);
+    lease::renew(&env.pool, "a", prefix, ttl).await.unwrap();
+    lease::renew(&env.pool, "other", "another-deployment", ttl)
+        .await
+        .unwrap();
+    let view = lease::read(&env.pool, prefix, settle).await.unwrap();
+    let ids: Vec<&str> = view.members.iter().map(|m| m.id.as_str()).collect();
+    assert_eq!(ids, ["a"], "only this deployment's daemons");
+    assert!(view.settled().is_empty(), "just joined: not settled yet");
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    lease::renew(&env.pool, "a", prefix, ttl).await.unwrap();
+    let view = lease::read(&env.pool, prefix, settle).await.unwrap();
+    assert_eq!(view.settled(), ["a"]);
+    assert!(view.members[0].renewed_at <= view.db_now);
+
+    // Not renewed past its TTL: gone; renewed again: back, but as a newcomer.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    assert!(
+        lease::read(&env.pool, prefix, settle)
+            .await
+            .unwrap()
+            .members
+            .is_empty()
+    );
+    lease::renew(&env.pool, "a", prefix, ttl).await.unwrap();
+    let view = lease::read(&env.pool, prefix, settle).await.unwrap();
+    assert_eq!(view.members.len(), 1);
+    assert!(
+        view.settled().is_empty(),
+        "an expired lease renewed joins afresh"
+    );
+
+    lease::release(&env.pool, "a").await.unwrap();
+    assert!(
+        lease::read(&env.pool, prefix, settle)
+            .await
+            .unwrap()
+            .members
+            .is_empty()
+    );
+    env.cleanup().await;
+}
