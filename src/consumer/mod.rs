@@ -211,6 +211,8 @@ async fn run_connected(
             .next_resubscribe()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
+            // Checked first: once shutdown is asked, partitions ending are expected.
+            biased;
             _ = shutdown.cancelled() => break Ok(()),
             Some(ended) = partitions.tasks.join_next() => match ended {
                 Ok((partition, subscription, result)) => {
@@ -454,6 +456,9 @@ impl Partitions {
             return result; // cannot happen: one task per subscription, replaced only after it ends
         }
         let Some(owner) = slot.handing_over_to.take() else {
+            if self.stop.is_cancelled() {
+                return result; // stopping: every partition ends, and that is no error
+            }
             return Err(result
                 .err()
                 .unwrap_or_else(|| anyhow::anyhow!("a partition consumer ended")));
