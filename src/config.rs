@@ -81,6 +81,13 @@ pub struct ConsumerArgs {
     #[arg(long, env = "SECKILL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
 
+    /// Seconds an item's state (stock left, buyers) stays in memory after its last request;
+    /// then it is dropped, and loaded again from the database if a request comes. Bounds the
+    /// daemon's memory by the items being sold now, not every item ever sold.
+    #[arg(long, env = "SECKILL_ITEM_IDLE_SECS", default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=604_800))]
+    pub item_idle_secs: u64,
+
     /// How often, in milliseconds, a daemon renews its lease in `consumer_leases` (its proof of
     /// life to the other daemons) and re-reads who is alive, to balance partitions among them.
     #[arg(long, env = "SECKILL_LEASE_HEARTBEAT_MS", default_value_t = 1000,
@@ -105,6 +112,10 @@ pub struct ConsumerArgs {
 impl ConsumerArgs {
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
+    }
+
+    pub fn item_idle(&self) -> Duration {
+        Duration::from_secs(self.item_idle_secs)
     }
 
     pub fn lease_heartbeat(&self) -> Duration {
@@ -166,8 +177,22 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_ALLOW_PUBLIC_WITHOUT_TOKEN")]
     pub allow_public_without_token: bool,
 
+    /// Milliseconds an item announced sold out is answered `sold_out` at once, without
+    /// publishing (each new announcement renews it; a restock ends it). 0: never shed, every
+    /// request goes to the decider.
+    #[arg(long, env = "SECKILL_SOLD_OUT_TTL_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub sold_out_ttl_ms: u64,
+
     #[command(flatten)]
     pub limits: ApiLimits,
+}
+
+impl ServeArgs {
+    /// How long a sold-out mark lasts; `None` when shedding is off.
+    pub fn sold_out_ttl(&self) -> Option<Duration> {
+        (self.sold_out_ttl_ms > 0).then(|| Duration::from_millis(self.sold_out_ttl_ms))
+    }
 }
 
 /// The API's bounds under overload: past them it answers at once rather than queue work and

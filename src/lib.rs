@@ -19,7 +19,8 @@
 //! - [`broker`]: RabbitMQ topology, the message format, and the API's confirming publisher.
 //! - [`consumer`]: the daemon; [`consumer::sequencer`] is the pure decider,
 //!   [`consumer::partition`] the batch → decide → commit → ack loop around it.
-//! - [`api`]: the axum HTTP API (`seckill serve`).
+//! - [`api`]: the axum HTTP API (`seckill serve`); [`shedding`]: answering `sold_out` at the
+//!   door once the consumer announced an item sold out; [`batcher`]: the handlers' group commit.
 //! - [`paths`]: what the queue path is compared with — the lock-based purchase paths
 //!   (`POST /orders?path=NAME`: pessimistic, optimistic, advisory, Redis locks and scripts, and
 //!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema.
@@ -34,6 +35,7 @@
 pub mod api;
 pub mod audit;
 pub mod backoff;
+pub mod batcher;
 pub mod bench;
 pub mod broker;
 pub mod config;
@@ -43,4 +45,5 @@ pub mod domain;
 pub mod failpoint;
 pub mod metrics;
 pub mod paths;
+pub mod shedding;
 pub mod store;

@@ -14,6 +14,7 @@ use seckill::config::{
     BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs, redact_url,
 };
 use seckill::paths::{self, Registry, redis_store::RedisStore};
+use seckill::shedding::Shedder;
 use seckill::{audit, consumer, demo, store};
 
 /// Flash-sale order processor: purchase requests go through RabbitMQ, and one consumer per item
@@ -186,13 +187,19 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 admin_token = serve.admin_token.is_some(),
                 "API listening"
             );
-            api::serve(
-                listener,
-                AppState::new(pool, publisher, registry, serve.admin_token)
-                    .with_limits(serve.limits),
-                shutdown,
-            )
-            .await?;
+            let sold_out_ttl = serve.sold_out_ttl();
+            let mut state = AppState::new(pool.clone(), publisher, registry, serve.admin_token)
+                .with_limits(serve.limits);
+            if let Some(ttl) = sold_out_ttl {
+                state = state.with_shedding(Shedder::start(
+                    pool,
+                    broker.amqp_url.clone(),
+                    Topology::new(&broker),
+                    ttl,
+                    shutdown.clone(),
+                ));
+            }
+            api::serve(listener, state, shutdown).await?;
             if let Some(task) = consumer_task {
                 task.await??;
             }

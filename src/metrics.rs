@@ -46,6 +46,11 @@ pub struct Metrics {
     pub commit_failures: IntCounter,
     /// Broker connections re-established after a loss, by component (consumer, publisher).
     pub broker_reconnects: IntCounterVec,
+    /// Items whose state the consumer holds in memory (all partitions of this process).
+    pub items_in_memory: IntGauge,
+    pub items_evicted: IntCounter,
+    /// `POST /orders` answered `sold_out` without publishing: the item was announced sold out.
+    pub orders_shed_sold_out: IntCounter,
     /// Partitions this process's consumer is the active one on (it took the epoch and still
     /// holds the subscription). With several daemons, each should show about P/N.
     pub partitions_active: IntGauge,
@@ -159,6 +164,18 @@ impl Metrics {
                 "seckill_broker_reconnects_total",
                 "Broker connections re-established after a loss, by component",
                 &["component"],
+            )?,
+            items_in_memory: gauge(
+                "seckill_consumer_items_in_memory",
+                "Items whose state (stock left, buyers) the consumer holds in memory",
+            )?,
+            items_evicted: counter(
+                "seckill_consumer_items_evicted_total",
+                "Item states dropped from memory after being idle",
+            )?,
+            orders_shed_sold_out: counter(
+                "seckill_orders_shed_sold_out_total",
+                "Orders answered sold_out at once, without publishing, because the item was announced sold out",
             )?,
             partitions_active: gauge(
                 "seckill_consumer_partitions_active",

@@ -159,20 +159,117 @@ pub async fn stored_outcomes(
     .bind(request_ids)
     .fetch_all(pool)
     .await?;
-    rows.into_iter()
-        .map(|row| {
-            let status: String = row.try_get("status")?;
-            let status = Status::parse(&status).ok_or_else(|| {
-                sqlx::Error::Decode(format!("unknown outcome status {status:?}").into())
-            })?;
-            let outcome = Outcome {
-                request_id: row.try_get("request_id")?,
-                status,
-                order_id: row.try_get("order_id")?,
-            };
-            Ok((outcome.request_id, outcome))
+    rows.iter()
+        .map(|row| outcome_from_row(row).map(|o| (o.request_id, o)))
+        .collect()
+}
+
+fn outcome_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Outcome> {
+    let status: String = row.try_get("status")?;
+    let status = Status::parse(&status)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown outcome status {status:?}").into()))?;
+    Ok(Outcome {
+        request_id: row.try_get("request_id")?,
+        status,
+        order_id: row.try_get("order_id")?,
+    })
+}
+
+/// Records `sold_out` for requests answered at the door (see [`crate::shedding`]), as decisions
+/// of the queue path, in one statement. Returns one outcome per request, in order: `sold_out`,
+/// or for a request id decided before, its stored outcome (a retry never gets a different answer).
+pub async fn record_sold_out_at_the_door(
+    pool: &PgPool,
+    requests: &[OrderRequest],
+) -> sqlx::Result<Vec<Outcome>> {
+    let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
+    let items: Vec<ItemId> = requests.iter().map(|r| r.item_id).collect();
+    let users: Vec<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
+    // The outer SELECT sees the table as it was when the statement began: the outcomes stored
+    // before, for exactly the ids whose insert was skipped.
+    let rows = sqlx::query(
+        "WITH new AS (
+             INSERT INTO outcomes (request_id, item_id, user_id, status, path)
+             SELECT r, i, u, $4::text, $5::text FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS t(r, i, u)
+             ON CONFLICT (request_id) DO NOTHING
+             RETURNING request_id
+         )
+         SELECT request_id, status, order_id, false AS inserted FROM outcomes
+         WHERE request_id = ANY($1::uuid[])
+         UNION ALL
+         SELECT request_id, $4::text, NULL::uuid, true FROM new",
+    )
+    .bind(&ids)
+    .bind(&items)
+    .bind(&users)
+    .bind(Status::SoldOut.as_str())
+    .bind(crate::consumer::partition::PATH)
+    .fetch_all(pool)
+    .await?;
+    let mut known: HashMap<Uuid, Outcome> = HashMap::with_capacity(rows.len());
+    for row in &rows {
+        let outcome = outcome_from_row(row)?;
+        let inserted: bool = row.try_get("inserted")?;
+        if inserted {
+            known.entry(outcome.request_id).or_insert(outcome);
+        } else {
+            known.insert(outcome.request_id, outcome);
+        }
+    }
+    // An id skipped because another transaction was storing it at that moment is in neither
+    // part: read it again, now that it is committed.
+    let missing: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !known.contains_key(id))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        known.extend(stored_outcomes(pool, &missing).await?);
+    }
+    ids.iter()
+        .map(|id| {
+            known
+                .get(id)
+                .copied()
+                .ok_or_else(|| sqlx::Error::Protocol(format!("no outcome stored for request {id}")))
         })
         .collect()
+}
+
+/// Adds `units` to an item's stock (initial and remaining), unless that would take it past
+/// [`crate::domain::STOCK_MAX`]. `Ok(None)`: no such item; `Err(RestockError::TooMuch)`: over
+/// the bound. The queue consumer and the lock paths update stock relative to what is stored,
+/// so a restock racing a sale loses no unit.
+pub async fn restock(
+    pool: &PgPool,
+    item_id: ItemId,
+    units: i64,
+) -> Result<Option<Item>, RestockError> {
+    let item = sqlx::query_as::<_, Item>(
+        "UPDATE items
+         SET stock_initial = stock_initial + $2, stock_remaining = stock_remaining + $2
+         WHERE id = $1 AND stock_initial + $2 <= $3
+         RETURNING id, name, stock_initial, stock_remaining,
+                   (SELECT count(*) FROM orders o WHERE o.item_id = items.id) AS sold",
+    )
+    .bind(item_id)
+    .bind(units)
+    .bind(crate::domain::STOCK_MAX)
+    .fetch_optional(pool)
+    .await?;
+    match item {
+        Some(item) => Ok(Some(item)),
+        None if get_item(pool, item_id).await?.is_some() => Err(RestockError::TooMuch),
+        None => Ok(None),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestockError {
+    #[error("the item would hold more than {} units", crate::domain::STOCK_MAX)]
+    TooMuch,
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
 }
 
 /// Rebuilds what the queue consumer knows of an item: stock left and who bought.

@@ -10,10 +10,10 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TestApi, TestEnv, requests};
+use common::{TestApi, TestEnv, free_port_addr, requests, scrape, wait_for_log};
 use lapin::options::BasicPublishOptions;
 use nix::sys::signal::Signal;
 use seckill::domain::OrderRequest;
@@ -251,43 +251,6 @@ async fn assert_each_decided_once(env: &TestEnv, item: i64, requests: &[OrderReq
     );
     let buyers: HashSet<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
     assert_eq!(report.orders, stock.min(buyers.len() as i64));
-}
-
-/// Parses the Prometheus text format into `name{labels}` → value.
-async fn scrape(base: &str) -> HashMap<String, f64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("scrape")
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_owned(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn free_port_addr() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port();
-    format!("127.0.0.1:{port}")
-}
-
-async fn wait_for_log(daemon: &Daemon, needle: &str, within: Duration) {
-    let deadline = Instant::now() + within;
-    while !daemon.log_text().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} not logged within {within:?}; log:\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 // ---- broker ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-//! `POST /items` (admin) and `GET /items/{id}`.
+//! `POST /items` (admin), `GET /items/{id}` and `POST /items/{id}/restock` (admin).
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -8,8 +8,9 @@ use subtle::ConstantTimeEq;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path};
-use crate::domain::{ItemId, validate_item};
-use crate::store::{self, Item};
+use crate::broker::item_events::ItemEvent;
+use crate::domain::{ItemId, STOCK_MAX, validate_item};
+use crate::store::{self, Item, RestockError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +44,65 @@ pub async fn create(
         "item created"
     );
     Ok((StatusCode::CREATED, axum::Json(item)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Restock {
+    /// Units to add.
+    pub units: i64,
+}
+
+/// `POST /items/{id}/restock {"units"}` → `200` with the item. Adds to the stock in the
+/// database, then announces it: API instances stop answering `sold_out` at the door, and the
+/// consumer drops its in-memory state of the item, so its next request sees the new stock. The
+/// lock-based paths read stock from the database and see it at once; the Redis paths keep
+/// their own copy (reload it with `seckill redis-load` once their sale is quiet).
+pub async fn restock(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<ItemId>,
+    Json(restock): Json<Restock>,
+) -> Result<axum::Json<Item>, ApiError> {
+    authorize(&state, &headers)?;
+    if !(1..=STOCK_MAX).contains(&restock.units) {
+        return Err(ApiError::client(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("units must be between 1 and {STOCK_MAX}"),
+        ));
+    }
+    let item = match store::restock(&state.pool, id, restock.units).await {
+        Ok(Some(item)) => item,
+        Ok(None) => return Err(ApiError::NotFound("item")),
+        Err(RestockError::TooMuch) => {
+            return Err(ApiError::client(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the item would hold more than {STOCK_MAX} units"),
+            ));
+        }
+        Err(RestockError::Database(e)) => return Err(e.into()),
+    };
+    if let Some(shedder) = &state.shedder {
+        shedder.forget(id);
+    }
+    // Stored: the restock has happened whatever follows. An announcement that cannot be sent
+    // costs time, not units: `sold_out` marks age out, and the consumer reloads an item once
+    // it has been idle (or on restart).
+    match state
+        .publisher
+        .announce(&ItemEvent::Restocked { item_id: id })
+        .await
+    {
+        Ok(()) => tracing::info!(
+            item_id = id,
+            units = restock.units,
+            stock_remaining = item.stock_remaining,
+            "item restocked"
+        ),
+        Err(e) => tracing::warn!(item_id = id, units = restock.units, error = %e,
+            "item restocked, but the announcement failed: consumers see the new stock once the item's state is reloaded"),
+    }
+    Ok(axum::Json(item))
 }
 
 /// `GET /items/{id}` → the item with its remaining stock and units sold.

@@ -6,11 +6,15 @@
 //! |---|---|
 //! | `POST /items` | create an item (admin token when configured) |
 //! | `GET /items/{id}` | stock initial / remaining / sold |
+//! | `POST /items/{id}/restock` | add units (admin token when configured); clears `sold_out` |
 //! | `POST /orders[?wait=ms]` | accept a purchase request (202), or its decision (200) |
 //! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200): see [`crate::paths`] |
 //! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted |
 //! | `GET /healthz` | 200 when database and broker are reachable, else 503 |
 //! | `GET /metrics` | the process's metrics, Prometheus text format (see [`crate::metrics`]) |
+//!
+//! Once the consumer announces an item sold out, `POST /orders` answers `sold_out` for it at
+//! once without publishing ([`crate::shedding`], when enabled with [`AppState::with_shedding`]).
 //!
 //! Bounds ([`ApiLimits`]): past `http_in_flight_max` requests in flight the API sheds load (503
 //! at once); past `reply_waiters_max` waiting clients, `?wait=` answers 202 without waiting.
@@ -40,6 +44,7 @@ use crate::broker::publisher::Publisher;
 use crate::config::ApiLimits;
 use crate::domain::ItemId;
 use crate::paths::Registry;
+use crate::shedding::Shedder;
 use accepted::AcceptedLog;
 
 /// Largest request body accepted (a real one is under 200 bytes).
@@ -72,6 +77,9 @@ pub struct Shared {
     pub admin_token: Option<String>,
     /// The synchronous purchase paths (`POST /orders?path=NAME`).
     pub paths: Arc<Registry>,
+    /// Answers `sold_out` at the door for items announced sold out; `None`: every request of
+    /// the queue path goes to the decider.
+    pub shedder: Option<Arc<Shedder>>,
     /// Items known to exist, so `POST /orders` costs no database read on the hot path.
     known_items: Arc<RwLock<HashSet<ItemId>>>,
     /// One permit per request being handled: when none is left, requests are shed (503) instead
@@ -103,6 +111,7 @@ impl AppState {
             pool,
             publisher,
             admin_token,
+            shedder: None,
             known_items: Arc::default(),
             in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
             in_flight_max: limits.http_in_flight_max,
@@ -118,6 +127,15 @@ impl AppState {
             in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
             in_flight_max: limits.http_in_flight_max,
             reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
+            ..shared
+        }))
+    }
+
+    /// Answers requests for items announced sold out at the door (see [`crate::shedding`]).
+    pub fn with_shedding(self, shedder: Arc<Shedder>) -> Self {
+        let shared = Arc::unwrap_or_clone(self.0);
+        Self(Arc::new(Shared {
+            shedder: Some(shedder),
             ..shared
         }))
     }
@@ -162,6 +180,7 @@ pub fn router(state: AppState) -> Router {
     let bounded = Router::new()
         .route("/items", post(items::create))
         .route("/items/{id}", get(items::get))
+        .route("/items/{id}/restock", post(items::restock))
         .route("/orders", post(orders::create))
         .route("/orders/{request_id}", get(orders::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), shed_load));

@@ -67,6 +67,7 @@ impl From<Outcome> for OrderStatus {
 
 /// `POST /orders[?wait=ms]`: checks the item, records and publishes the request (202 only once
 /// the broker confirmed it), and with `wait` answers 200 with the decision if it comes in time.
+/// An item announced sold out is answered 200 `sold_out` at once, without publishing.
 /// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200.
 pub async fn create(
     State(state): State<AppState>,
@@ -96,6 +97,14 @@ pub async fn create(
     };
     if let Some(path) = sync_path {
         let outcome = state.paths.purchase(path, &request).await?;
+        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+    }
+    if let Some(shedder) = &state.shedder
+        && let Some(outcome) = shedder
+            .try_answer(&request)
+            .await
+            .map_err(ApiError::Unavailable)?
+    {
         return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
     }
     let wait = params

@@ -32,16 +32,26 @@ use crate::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs};
 use crate::consumer;
 use crate::domain::OrderRequest;
 use crate::paths::{self, Registry};
+use crate::shedding::Shedder;
 use scenario::{Attempt, ScenarioKind, ScenarioSpec};
 use stats::{Latency, Recorder};
 
-/// Every path, in report order: `queue` (seckill's own) first, the unsafe `naive` last.
+/// The queue path with sold-out shedding turned off: every request goes through the broker to
+/// the decider. Beside `queue`, it shows what answering `sold_out` at the door saves.
+pub const QUEUE_NO_SHED: &str = "queue-no-shed";
+
+/// How long the bench's API keeps an item announced sold out (the `serve` default).
+const SOLD_OUT_TTL: Duration = Duration::from_secs(5);
+
+/// Every path, in report order: `queue` (seckill's own) first, then the same without sold-out
+/// shedding, the unsafe `naive` last.
 pub fn all_paths() -> Vec<&'static str> {
     let mut names: Vec<&'static str> = paths::NAMES
         .iter()
         .copied()
         .filter(|n| *n != "naive")
         .collect();
+    names.insert(1, QUEUE_NO_SHED);
     names.push("naive");
     names
 }
@@ -173,6 +183,8 @@ pub struct PathResult {
     pub outcomes: std::collections::BTreeMap<String, u64>,
     pub orders: i64,
     pub stock_total: i64,
+    /// Requests answered `sold_out` at the door, without reaching the broker (queue path).
+    pub answered_at_door: u64,
     pub audit: Verdict,
     /// (ms, fraction) points of the latency CDF.
     pub cdf: Vec<(f64, f64)>,
@@ -220,7 +232,11 @@ struct Bench {
     pool: PgPool,
     http: reqwest::Client,
     base_url: String,
+    /// An in-process API without sold-out shedding, for `queue-no-shed` over HTTP.
+    no_shed_url: Option<String>,
     publisher: Option<Arc<Publisher>>,
+    /// Sold-out shedding for `--via direct` (the HTTP API has its own).
+    shedder: Option<Arc<Shedder>>,
     /// The lock-based paths, for `--via direct`.
     registry: Option<Registry>,
     via: Via,
@@ -252,6 +268,8 @@ pub async fn run(
     let topology = Topology::new(&broker);
     let shutdown = CancellationToken::new();
     let mut publisher = None;
+    let mut shedder = None;
+    let mut no_shed_url = None;
     let base_url = match &args.url {
         Some(url) => url.trim_end_matches('/').to_string(),
         None => {
@@ -263,18 +281,37 @@ pub async fn run(
             ));
             let p = Arc::new(Publisher::connect(&broker.amqp_url, topology.clone()).await?);
             publisher = Some(Arc::clone(&p));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
+            let shedding = Shedder::start(
+                pool.clone(),
+                broker.amqp_url.clone(),
+                topology.clone(),
+                SOLD_OUT_TTL,
+                shutdown.clone(),
+            );
+            shedder = Some(Arc::clone(&shedding));
             let state = AppState::new(
                 pool.clone(),
                 p,
                 Registry::new(pool.clone(), &path_args)?,
                 None,
             );
-            tokio::spawn(api::serve(listener, state, shutdown.clone()));
+            let no_shed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            no_shed_url = Some(format!("http://{}", no_shed.local_addr()?));
+            tokio::spawn(api::serve(no_shed, state.clone(), shutdown.clone()));
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let url = format!("http://{}", listener.local_addr()?);
+            tokio::spawn(api::serve(
+                listener,
+                state.with_shedding(shedding),
+                shutdown.clone(),
+            ));
             url
         }
     };
+    anyhow::ensure!(
+        no_shed_url.is_some() || !paths.iter().any(|p| p == QUEUE_NO_SHED),
+        "{QUEUE_NO_SHED} needs the bench's own API; it cannot be combined with --url"
+    );
     anyhow::ensure!(
         args.via == Via::Http || publisher.is_some(),
         "--via direct runs the paths in this process; it cannot be combined with --url"
@@ -285,6 +322,8 @@ pub async fn run(
             .pool_max_idle_per_host(args.concurrency)
             .build()?,
         base_url,
+        no_shed_url,
+        shedder,
         registry: (args.via == Via::Direct)
             .then(|| Registry::new(pool.clone(), &path_args))
             .transpose()?,
@@ -419,6 +458,7 @@ async fn run_path(
     .await?;
 
     let items = Arc::new(create_items(bench, path, spec).await?);
+    let door_before = crate::metrics::get().orders_shed_sold_out.get();
     let started = Instant::now();
     let (recorder, samples) = match soak {
         Some(s) => {
@@ -442,6 +482,7 @@ async fn run_path(
     let elapsed = started.elapsed();
     let mut result = summarize(bench, path, spec, &items, &recorder, elapsed).await?;
     result.soak = samples;
+    result.answered_at_door = crate::metrics::get().orders_shed_sold_out.get() - door_before;
     warm_up_items.extend(items.iter());
     Ok((result, warm_up_items))
 }
@@ -523,6 +564,7 @@ async fn summarize(
         outcomes,
         orders,
         stock_total: spec.stock_total(),
+        answered_at_door: 0,
         audit: Verdict {
             clean: violations.is_empty(),
             oversold,
@@ -571,6 +613,9 @@ async fn send(bench: &Bench, path: &str, item_id: i64, user: &str) -> String {
 async fn send_http(bench: &Bench, path: &str, item_id: i64, user: &str) -> String {
     let url = if path == "queue" {
         format!("{}/orders?wait=30000", bench.base_url)
+    } else if path == QUEUE_NO_SHED {
+        let base = bench.no_shed_url.as_ref().expect("checked at start");
+        format!("{base}/orders?wait=30000")
     } else {
         format!("{}/orders?path={path}", bench.base_url)
     };
@@ -593,7 +638,16 @@ async fn send_direct(bench: &Bench, path: &str, item_id: i64, user: &str) -> Str
         item_id,
         user_id: user.to_string(),
     };
-    if path == "queue" {
+    if path == "queue"
+        && let Some(shedder) = &bench.shedder
+    {
+        match shedder.try_answer(&request).await {
+            Ok(Some(outcome)) => return outcome.status.as_str().to_string(),
+            Ok(None) => {}
+            Err(_) => return "error".into(),
+        }
+    }
+    if path == "queue" || path == QUEUE_NO_SHED {
         let publisher = bench
             .publisher
             .as_ref()

@@ -118,6 +118,27 @@ pub fn table(results: &BenchResults) -> String {
     if let Some(p) = c.consumer_prefilled_per_s {
         let _ = writeln!(out, "consumer, pre-filled queue: {p:>8.0} decisions/s");
     }
+    let unshed = results
+        .paths
+        .iter()
+        .find(|r| r.path == super::QUEUE_NO_SHED);
+    if let (Some(q), Some(u)) = (queue, unshed)
+        && u.decided_per_s > 0.0
+    {
+        let _ = writeln!(
+            out,
+            "sold-out shedding: {} of {} requests answered at the door; {:.1}× the decisions/s \
+             of {} ({:.0} vs {:.0}), p99 {:.1} ms vs {:.1} ms",
+            q.answered_at_door,
+            q.requests,
+            q.decided_per_s / u.decided_per_s,
+            u.path,
+            q.decided_per_s,
+            u.decided_per_s,
+            q.latency.p99_ms,
+            u.latency.p99_ms
+        );
+    }
     let pessimistic = results.paths.iter().find(|r| r.path == "pessimistic");
     if let (Some(q), Some(p)) = (queue, pessimistic)
         && p.decided_per_s > 0.0

@@ -17,6 +17,7 @@ use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::item_events::ItemEvent;
 use super::message::{self, DIRECT_REPLY_TO};
 use super::topology::Topology;
 use crate::domain::{OrderRequest, Outcome};
@@ -130,6 +131,20 @@ impl Publisher {
             .with_label_values(&[label])
             .inc();
         result
+    }
+
+    /// Announces an item event (e.g. a restock) to every API instance and consumer, and waits
+    /// for the broker's confirm.
+    pub async fn announce(&self, event: &ItemEvent) -> Result<(), PublishError> {
+        let channel = self.channel().await?;
+        let confirm = super::item_events::publish(&channel, &self.topology, event)
+            .await
+            .map_err(|e| PublishError::Unavailable(e.to_string()))?;
+        match confirm.await {
+            Ok(Confirmation::Ack(_)) => Ok(()),
+            Ok(_) => Err(PublishError::Refused),
+            Err(e) => Err(PublishError::Unavailable(e.to_string())),
+        }
     }
 
     /// Registers interest in a request's decision.

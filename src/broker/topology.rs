@@ -61,6 +61,11 @@ impl Topology {
         format!("{}.dead", self.prefix)
     }
 
+    /// Fanout exchange of item announcements (sold out, restocked): see [`super::item_events`].
+    pub fn item_events_exchange(&self) -> String {
+        format!("{}.item-events", self.prefix)
+    }
+
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.prefix)
     }
@@ -107,6 +112,15 @@ impl Topology {
             .exchange_declare(
                 self.orders_exchange().into(),
                 ExchangeKind::Direct,
+                durable_exchange,
+                FieldTable::default(),
+            )
+            .await?;
+        // Each listener binds a queue of its own to it (see `item_events::listen`).
+        channel
+            .exchange_declare(
+                self.item_events_exchange().into(),
+                ExchangeKind::Fanout,
                 durable_exchange,
                 FieldTable::default(),
             )
@@ -184,7 +198,11 @@ impl Topology {
                 QueueDeleteOptions::default(),
             )
             .await?;
-        for exchange in [self.orders_exchange(), self.dead_letter_exchange()] {
+        for exchange in [
+            self.orders_exchange(),
+            self.dead_letter_exchange(),
+            self.item_events_exchange(),
+        ] {
             channel
                 .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
                 .await?;

@@ -22,15 +22,20 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use lapin::options::ConfirmSelectOptions;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::{self, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs};
+use crate::domain::ItemId;
 use crate::store::Fence;
 use lease::{Member, View};
+
+/// Restock announcements a partition may fall behind by before it drops all its item states.
+const RESTOCKS_BUFFERED_MAX: usize = 1024;
 
 /// Longest a partition may take to finish its current batch once told to stop.
 const PARTITION_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -46,6 +51,8 @@ pub(crate) struct Context {
     pub args: ConsumerArgs,
     /// Confirm-mode channel for dead letters: a bad message is acked only once its copy is safe.
     pub dead_letters: lapin::Channel,
+    /// Items announced restocked: each partition drops their state before its next batch.
+    pub restocked: broadcast::Sender<ItemId>,
 }
 
 /// Lets one subscription tell the daemon that it became the partition's active consumer (it
@@ -158,11 +165,16 @@ async fn run_connected(
     dead_letters
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
+    let announcements =
+        item_events::subscribe(&connection.create_channel().await?, topology).await?;
+    tokio::spawn(relay_restocks(announcements, restocked.clone()));
     let context = Arc::new(Context {
         pool: pool.clone(),
         topology: topology.clone(),
         args: args.clone(),
         dead_letters,
+        restocked,
     });
 
     // Stops this connection's partitions and its lease: on shutdown, and when one of them or the
@@ -276,6 +288,17 @@ async fn run_connected(
         .await;
     let _ = lease_task.await;
     outcome
+}
+
+/// Hands each restock announcement to the partitions; ends with the connection (whose end also
+/// ends the partitions, which then rebuild every item from the database).
+async fn relay_restocks(mut announcements: lapin::Consumer, restocked: broadcast::Sender<ItemId>) {
+    while let Some(Ok(delivery)) = announcements.next().await {
+        if let Some(ItemEvent::Restocked { item_id }) = ItemEvent::decode(&delivery.data) {
+            tracing::info!(item_id, "item restocked; its state will be reloaded");
+            let _ = restocked.send(item_id);
+        }
+    }
 }
 
 /// One partition's subscription on this connection.

@@ -24,11 +24,13 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation};
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
-use super::sequencer::Sequencer;
+use super::sequencer::{ItemState, Sequencer};
+use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
 use crate::domain::{ItemId, OrderRequest, Outcome};
 use crate::store::{self, CommitError, Fence};
@@ -41,7 +43,7 @@ pub(crate) async fn run(
     channel: Channel,
     partition: u16,
     shutdown: CancellationToken,
-    mut on_active: Option<super::OnActive>,
+    on_active: Option<super::OnActive>,
 ) -> anyhow::Result<()> {
     let queue = context.topology.partition_queue(partition);
     // Per-consumer prefetch: enough unacked deliveries in flight to fill the next batch while
@@ -61,28 +63,73 @@ pub(crate) async fn run(
             FieldTable::default(),
         )
         .await?;
-    let mut decider = Decider::default();
+    let mut decider = Decider {
+        on_active,
+        ..Decider::default()
+    };
+    let mut restocked = context.restocked.subscribe();
+    let result = decide_until_stopped(
+        &context,
+        &channel,
+        &queue,
+        &mut decider,
+        &mut deliveries,
+        &mut restocked,
+        &shutdown,
+    )
+    .await;
+    // This subscription's item states leave memory with it.
+    decider.report_memory(0);
+    result
+}
+
+/// The partition's loop: batch after batch, and a look for idle items now and then (also while
+/// no request comes).
+async fn decide_until_stopped(
+    context: &Context,
+    channel: &Channel,
+    queue: &str,
+    decider: &mut Decider,
+    deliveries: &mut lapin::Consumer,
+    restocked: &mut broadcast::Receiver<ItemId>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let idle = context.args.item_idle();
+    let mut sweeps = tokio::time::interval(EVICTION_SWEEP_EVERY.min(idle / 4));
+    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             // Checked first: once shutdown is asked, no new batch is started.
             biased;
             _ = shutdown.cancelled() => return Ok(()),
+            _ = sweeps.tick() => {
+                decider.evict_idle(idle, queue);
+                continue;
+            }
             next = deliveries.next() => next,
         };
-        let mut batch = vec![next_delivery(first, &queue)?];
+        let mut batch = vec![next_delivery(first, queue)?];
         let deadline = tokio::time::Instant::now() + context.args.batch_linger();
         while batch.len() < usize::from(context.args.batch_size_max) {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(next) => batch.push(next_delivery(next, &queue)?),
+                Ok(next) => batch.push(next_delivery(next, queue)?),
                 Err(_linger_over) => break,
             }
         }
-        process_batch(&context, &channel, &queue, &mut decider, batch, &shutdown).await?;
-        // The first batch took the epoch: this subscription is the partition's active one.
-        if let Some(fence) = &decider.fence
-            && let Some(hook) = on_active.take()
-        {
-            hook.report(fence);
+        forget_restocked(restocked, &mut decider.sequencer);
+        process_batch(context, channel, queue, decider, batch, shutdown).await?;
+        decider.report_active();
+    }
+}
+
+/// Drops the state of items restocked since the last batch: their next request reloads them
+/// from the database, new units included.
+fn forget_restocked(restocked: &mut broadcast::Receiver<ItemId>, sequencer: &mut Sequencer) {
+    loop {
+        match restocked.try_recv() {
+            Ok(item_id) => sequencer.forget([item_id]),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.forget_all(),
+            Err(_empty_or_closed) => return,
         }
     }
 }
@@ -97,6 +144,9 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::
     }
 }
 
+/// Most time between two looks for idle items (less when the idle time is short).
+const EVICTION_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
 /// What one subscription to a partition decides with.
 #[derive(Default)]
 struct Decider {
@@ -104,6 +154,37 @@ struct Decider {
     /// Taken before the first batch this consumer decides (it is then the active one), and kept
     /// while the subscription lasts.
     fence: Option<Fence>,
+    /// Items of this sequencer counted in the `items_in_memory` gauge.
+    reported_items: usize,
+    /// Tells the daemon, once, that this subscription became the partition's active one.
+    on_active: Option<super::OnActive>,
+}
+
+impl Decider {
+    /// After a batch: the first one took the epoch, so this subscription is the active one.
+    fn report_active(&mut self) {
+        if let Some(fence) = &self.fence
+            && let Some(hook) = self.on_active.take()
+        {
+            hook.report(fence);
+        }
+    }
+
+    fn evict_idle(&mut self, idle: Duration, queue: &str) {
+        let evicted = self.sequencer.evict_idle(Instant::now(), idle);
+        if evicted > 0 {
+            crate::metrics::get().items_evicted.inc_by(evicted as u64);
+            tracing::debug!(%queue, evicted, kept = self.sequencer.len(), "dropped the state of idle items");
+        }
+        self.report_memory(self.sequencer.len());
+    }
+
+    /// Moves the process-wide gauge of items in memory by this sequencer's change.
+    fn report_memory(&mut self, items: usize) {
+        let gauge = &crate::metrics::get().items_in_memory;
+        gauge.add(items as i64 - self.reported_items as i64);
+        self.reported_items = items;
+    }
 }
 
 async fn process_batch(
@@ -178,6 +259,11 @@ async fn process_batch(
             }
         }
     };
+    decider
+        .sequencer
+        .touch(pending.iter().map(|(_, r)| r.item_id), Instant::now());
+    let items_known = decider.sequencer.len();
+    decider.report_memory(items_known);
     let commit_time = started.elapsed();
     let commit_ms = commit_time.as_millis() as u64;
     if attempt > 0 {
@@ -230,6 +316,7 @@ async fn process_batch(
             replied += outcomes.len();
         }
     }
+    announce_sold_out(context, channel, decider, &decided).await;
     tracing::debug!(
         size = batch.len(),
         decided = answers.len(),
@@ -240,6 +327,35 @@ async fn process_batch(
         "batch committed"
     );
     Ok(())
+}
+
+/// Tells every API instance which items of the batch are sold out, so they answer `sold_out`
+/// at the door (see [`crate::shedding`]). Sent after every batch that saw such an item, so an
+/// API instance started later learns it too; a lost announcement only costs a shed request.
+async fn announce_sold_out(
+    context: &Context,
+    channel: &Channel,
+    decider: &Decider,
+    decided: &[&(usize, OrderRequest)],
+) {
+    let mut items: Vec<ItemId> = decided
+        .iter()
+        .map(|(_, r)| r.item_id)
+        .filter(|id| {
+            decider
+                .sequencer
+                .state(*id)
+                .is_some_and(ItemState::is_sold_out)
+        })
+        .collect();
+    items.sort_unstable();
+    items.dedup();
+    for item_id in items {
+        let event = ItemEvent::SoldOut { item_id };
+        if let Err(e) = item_events::publish(channel, &context.topology, &event).await {
+            tracing::debug!(item_id, error = %e, "could not announce an item sold out");
+        }
+    }
 }
 
 /// Copies undecidable messages to the dead-letter exchange with the reason, and waits for the
@@ -299,7 +415,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
 async fn decide_and_commit(
     pool: &sqlx::PgPool,
     queue: &str,
-    Decider { sequencer, fence }: &mut Decider,
+    Decider {
+        sequencer, fence, ..
+    }: &mut Decider,
     pending: &[(usize, OrderRequest)],
     look_up_stored: bool,
 ) -> Result<(Vec<Outcome>, Vec<ItemId>), CommitError> {

@@ -2,11 +2,15 @@
 //! delivered them; outcomes come out. No I/O, no locks, no clock — the consumer loop does the
 //! I/O around it, which makes the rules easy to test exhaustively and to reason about.
 //!
+//! Memory is bounded by the hot set, not by every item ever sold: an item's state is loaded on
+//! first use and dropped once idle ([`Sequencer::evict_idle`]); the caller passes the time in.
+//!
 //! Why it needs no lock: for each item exactly one sequencer is alive (one active consumer per
 //! partition queue, and an item always routes to the same partition), so nothing else changes
 //! the item's stock or buyers while it decides. The database constraints remain as a backstop.
 
 use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -22,6 +26,11 @@ pub struct ItemState {
 }
 
 impl ItemState {
+    /// True when no request can be sold anything any more (until a restock).
+    pub fn is_sold_out(&self) -> bool {
+        self.stock_remaining == 0
+    }
+
     /// Applies the rules to one request. The buyer check comes first: a repeat buyer must never
     /// take stock, and is told `already_purchased` even when stock has run out.
     pub fn decide(&mut self, user_id: &str) -> Status {
@@ -67,10 +76,12 @@ pub struct BatchDecision {
     pub sold: HashMap<ItemId, i64>,
 }
 
-/// Per-partition decider: the in-memory state of the items it has seen.
+/// Per-partition decider: the in-memory state of the items it has seen recently.
 #[derive(Debug, Default)]
 pub struct Sequencer {
     items: HashMap<ItemId, ItemState>,
+    /// When each known item last had a request decided (or was loaded).
+    last_used: HashMap<ItemId, Instant>,
 }
 
 impl Sequencer {
@@ -83,8 +94,49 @@ impl Sequencer {
         self.items.contains_key(&item_id)
     }
 
+    /// Number of items whose state is in memory.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
     pub fn insert(&mut self, item_id: ItemId, state: ItemState) {
         self.items.insert(item_id, state);
+    }
+
+    /// Marks these items as used at `now` (they will not be evicted before `now + idle`).
+    pub fn touch(&mut self, item_ids: impl IntoIterator<Item = ItemId>, now: Instant) {
+        for id in item_ids {
+            if self.items.contains_key(&id) {
+                self.last_used.insert(id, now);
+            }
+        }
+    }
+
+    /// Drops the state of every item not used for `idle` (an item never touched counts as idle).
+    /// Safe at any time between batches: everything decided is committed, and an evicted item
+    /// is simply loaded again from the database when its next request comes. Returns how many
+    /// items were dropped.
+    pub fn evict_idle(&mut self, now: Instant, idle: Duration) -> usize {
+        let before = self.items.len();
+        let last_used = &self.last_used;
+        self.items.retain(|id, _| {
+            last_used
+                .get(id)
+                .is_some_and(|used| now.saturating_duration_since(*used) < idle)
+        });
+        let items = &self.items;
+        self.last_used.retain(|id, _| items.contains_key(id));
+        let evicted = before - self.items.len();
+        if evicted > 0 && self.items.capacity() > 4 * self.items.len().max(16) {
+            // Give the memory of a sale that is over back, not just the entries.
+            self.items.shrink_to_fit();
+            self.last_used.shrink_to_fit();
+        }
+        evicted
     }
 
     /// Drops what it knows of these items, so they are reloaded from the database. Called when a
@@ -92,12 +144,14 @@ impl Sequencer {
     pub fn forget(&mut self, item_ids: impl IntoIterator<Item = ItemId>) {
         for id in item_ids {
             self.items.remove(&id);
+            self.last_used.remove(&id);
         }
     }
 
     /// Drops everything (a consumer that becomes active rebuilds from the database).
     pub fn forget_all(&mut self) {
         self.items.clear();
+        self.last_used.clear();
     }
 
     pub fn state(&self, item_id: ItemId) -> Option<&ItemState> {
@@ -264,6 +318,27 @@ mod tests {
         assert!(d.answers.iter().all(|o| o.status == Status::Purchased));
         s.forget([1]);
         assert!(!s.knows(1) && s.knows(2));
+    }
+
+    #[test]
+    fn idle_items_are_evicted_and_used_ones_kept() {
+        let start = Instant::now();
+        let idle = Duration::from_secs(60);
+        let mut s = sequencer_with(1, 5);
+        s.insert(2, ItemState::default());
+        s.insert(3, ItemState::default());
+        s.touch([1, 2, 3], start);
+        s.touch([1, 99], start + Duration::from_secs(50)); // 99 is unknown: ignored
+        assert_eq!(s.evict_idle(start + Duration::from_secs(59), idle), 0);
+        assert_eq!(s.evict_idle(start + Duration::from_secs(61), idle), 2);
+        assert!(s.knows(1) && !s.knows(2) && !s.knows(3) && !s.knows(99));
+        assert_eq!(s.len(), 1);
+        // Never touched (loaded but not yet used) counts as idle.
+        s.insert(4, ItemState::default());
+        assert_eq!(s.evict_idle(start + Duration::from_secs(62), idle), 1);
+        assert!(s.knows(1) && !s.knows(4));
+        assert_eq!(s.evict_idle(start + Duration::from_secs(200), idle), 1);
+        assert!(s.is_empty());
     }
 
     /// Exhaustive check of the invariants on many random interleavings: never more orders than

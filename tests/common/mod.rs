@@ -2,6 +2,7 @@
 //! PostgreSQL and RabbitMQ, so tests run in parallel and repeatedly without seeing each other.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,6 +100,7 @@ impl TestEnv {
             batch_size_max: 200,
             batch_linger_ms: 2,
             prefetch: 400,
+            item_idle_secs: 300,
             lease_heartbeat_ms: 1000,
             lease_ttl_ms: 10_000,
             lease_settle_ms: 10_000,
@@ -117,6 +119,20 @@ impl TestEnv {
 
     /// Starts the API in-process on a free port.
     pub async fn start_api(&self, admin_token: Option<&str>) -> TestApi {
+        self.start_api_with(admin_token, None).await
+    }
+
+    /// An API that answers `sold_out` at the door once an item is announced sold out, each mark
+    /// lasting `sold_out_ttl` (see `seckill::shedding`).
+    pub async fn start_api_shedding(&self, sold_out_ttl: Duration) -> TestApi {
+        self.start_api_with(None, Some(sold_out_ttl)).await
+    }
+
+    async fn start_api_with(
+        &self,
+        admin_token: Option<&str>,
+        sold_out_ttl: Option<Duration>,
+    ) -> TestApi {
         let publisher = Arc::new(
             Publisher::connect(&self.broker.amqp_url, self.topology.clone())
                 .await
@@ -127,12 +143,21 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let paths = seckill::paths::Registry::new(self.pool.clone(), &self.path_args())
             .expect("purchase paths");
-        let state = AppState::new(
+        let mut state = AppState::new(
             self.pool.clone(),
             publisher,
             paths,
             admin_token.map(str::to_owned),
         );
+        if let Some(ttl) = sold_out_ttl {
+            state = state.with_shedding(seckill::shedding::Shedder::start(
+                self.pool.clone(),
+                self.broker.amqp_url.clone(),
+                self.topology.clone(),
+                ttl,
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(api::serve(listener, state, shutdown.clone()));
         TestApi {
             base,
@@ -515,5 +540,43 @@ impl TestEnv {
             http: reqwest::Client::new(),
             shutdown: CancellationToken::new(),
         }
+    }
+}
+
+/// Parses the Prometheus text format into `name{labels}` → value.
+pub async fn scrape(base: &str) -> HashMap<String, f64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (key, value) = l.rsplit_once(' ')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+pub fn free_port_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    format!("127.0.0.1:{port}")
+}
+
+/// Waits (bounded) until the daemon's log contains `needle`.
+pub async fn wait_for_log(daemon: &Daemon, needle: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    while !daemon.log_text().contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{needle:?} not logged within {within:?}; log:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
