@@ -87,6 +87,26 @@ pub struct ConsumerArgs {
     #[arg(long, env = "SECKILL_ITEM_IDLE_SECS", default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=604_800))]
     pub item_idle_secs: u64,
+
+    /// How often, in milliseconds, a daemon renews its lease in `consumer_leases` (its proof of
+    /// life to the other daemons) and re-reads who is alive, to balance partitions among them.
+    #[arg(long, env = "SECKILL_LEASE_HEARTBEAT_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub lease_heartbeat_ms: u64,
+
+    /// How long, in milliseconds, a lease outlives its last renewal (judged by PostgreSQL's
+    /// clock). A daemon that stops renewing (killed, paused, cut off) counts as gone after it,
+    /// and its share is rebalanced. At least twice the heartbeat.
+    #[arg(long, env = "SECKILL_LEASE_TTL_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub lease_ttl_ms: u64,
+
+    /// How long, in milliseconds, a daemon must have held its lease before partitions are
+    /// handed over to it: daemons starting together, or one restarting in a loop, cause one
+    /// rebalance rather than many.
+    #[arg(long, env = "SECKILL_LEASE_SETTLE_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub lease_settle_ms: u64,
 }
 
 impl ConsumerArgs {
@@ -96,6 +116,18 @@ impl ConsumerArgs {
 
     pub fn item_idle(&self) -> Duration {
         Duration::from_secs(self.item_idle_secs)
+    }
+
+    pub fn lease_heartbeat(&self) -> Duration {
+        Duration::from_millis(self.lease_heartbeat_ms)
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms)
+    }
+
+    pub fn lease_settle(&self) -> Duration {
+        Duration::from_millis(self.lease_settle_ms)
     }
 }
 

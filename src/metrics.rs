@@ -51,6 +51,13 @@ pub struct Metrics {
     pub items_evicted: IntCounter,
     /// `POST /orders` answered `sold_out` without publishing: the item was announced sold out.
     pub orders_shed_sold_out: IntCounter,
+    /// Partitions this process's consumer is the active one on (it took the epoch and still
+    /// holds the subscription). With several daemons, each should show about P/N.
+    pub partitions_active: IntGauge,
+    /// Partitions the balance assigns to this process's consumer (0 until its lease settled).
+    pub partitions_owned: IntGauge,
+    /// Partitions this consumer handed over to their owner (after committing and acking).
+    pub partition_handovers: IntCounter,
 }
 
 /// The process's metrics, created on first use.
@@ -170,6 +177,18 @@ impl Metrics {
                 "seckill_orders_shed_sold_out_total",
                 "Orders answered sold_out at once, without publishing, because the item was announced sold out",
             )?,
+            partitions_active: gauge(
+                "seckill_consumer_partitions_active",
+                "Partitions this consumer is the active one on",
+            )?,
+            partitions_owned: gauge(
+                "seckill_consumer_partitions_owned",
+                "Partitions the balance over the live consumers assigns to this one",
+            )?,
+            partition_handovers: counter(
+                "seckill_consumer_partition_handovers_total",
+                "Partitions handed over to their owner after the last batch was committed and acked",
+            )?,
             registry,
         })
     }
@@ -209,5 +228,6 @@ mod tests {
         assert!(text.contains("seckill_decisions_total{status=\"purchased\"}"));
         assert!(text.contains("seckill_broker_reconnects_total{component=\"consumer\"}"));
         assert!(text.contains("seckill_dead_lettered_total 0"));
+        assert!(text.contains("# TYPE seckill_consumer_partitions_active gauge"));
     }
 }

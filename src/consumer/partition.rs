@@ -43,6 +43,7 @@ pub(crate) async fn run(
     channel: Channel,
     partition: u16,
     shutdown: CancellationToken,
+    on_active: Option<super::OnActive>,
 ) -> anyhow::Result<()> {
     let queue = context.topology.partition_queue(partition);
     // Per-consumer prefetch: enough unacked deliveries in flight to fill the next batch while
@@ -62,7 +63,10 @@ pub(crate) async fn run(
             FieldTable::default(),
         )
         .await?;
-    let mut decider = Decider::default();
+    let mut decider = Decider {
+        on_active,
+        ..Decider::default()
+    };
     let mut restocked = context.restocked.subscribe();
     let result = decide_until_stopped(
         &context,
@@ -114,6 +118,7 @@ async fn decide_until_stopped(
         }
         forget_restocked(restocked, &mut decider.sequencer);
         process_batch(context, channel, queue, decider, batch, shutdown).await?;
+        decider.report_active();
     }
 }
 
@@ -151,9 +156,20 @@ struct Decider {
     fence: Option<Fence>,
     /// Items of this sequencer counted in the `items_in_memory` gauge.
     reported_items: usize,
+    /// Tells the daemon, once, that this subscription became the partition's active one.
+    on_active: Option<super::OnActive>,
 }
 
 impl Decider {
+    /// After a batch: the first one took the epoch, so this subscription is the active one.
+    fn report_active(&mut self) {
+        if let Some(fence) = &self.fence
+            && let Some(hook) = self.on_active.take()
+        {
+            hook.report(fence);
+        }
+    }
+
     fn evict_idle(&mut self, idle: Duration, queue: &str) {
         let evicted = self.sequencer.evict_idle(Instant::now(), idle);
         if evicted > 0 {
@@ -381,7 +397,7 @@ async fn dead_letter(
 }
 
 /// Who this consumer is, in `partition_epochs.holder`: host and process id.
-fn holder_name() -> String {
+pub(crate) fn holder_name() -> String {
     let host = std::fs::read_to_string("/etc/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown-host".into());

@@ -101,6 +101,9 @@ impl TestEnv {
             batch_linger_ms: 2,
             prefetch: 400,
             item_idle_secs: 300,
+            lease_heartbeat_ms: 1000,
+            lease_ttl_ms: 10_000,
+            lease_settle_ms: 10_000,
         }
     }
 
