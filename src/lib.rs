@@ -18,7 +18,8 @@
 //! - [`store`]: PostgreSQL: connect and migrate, items, accepted requests, outcomes, group commit.
 //! - [`broker`]: RabbitMQ topology, the message format, and the API's confirming publisher.
 //! - [`consumer`]: the daemon; [`consumer::sequencer`] is the pure decider,
-//!   [`consumer::partition`] the batch → decide → commit → ack loop around it.
+//!   [`consumer::partition`] the batch → decide → commit → ack loop around it;
+//!   [`consumer::lease`] and [`consumer::balance`] share the partitions among several daemons.
 //! - [`api`]: the axum HTTP API (`seckill serve`); [`shedding`]: answering `sold_out` at the
 //!   door once the consumer announced an item sold out; [`batcher`]: the handlers' group commit.
 //! - [`paths`]: what the queue path is compared with — the lock-based purchase paths

@@ -51,7 +51,8 @@ enum Command {
         paths: PathArgs,
     },
     /// Run the consumer daemon: decides the requests of every partition it is active on.
-    /// Start several for failover: one is active per partition, the others wait.
+    /// Start several to share the partitions: they balance them through leases in the
+    /// database (each active on about P/N), and each stands by on the others for failover.
     Consume {
         #[command(flatten)]
         database: DatabaseArgs,
