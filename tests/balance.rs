@@ -79,12 +79,7 @@ async fn three_daemons_balance_rebalance_when_one_dies_and_when_one_joins() {
 
     // Every request decided exactly once; no item oversold; one buyer, one order.
     let ids: Vec<Uuid> = sale.published.iter().map(|r| r.request_id).collect();
-    let decided: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
-            .bind(&ids)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let decided = env.decided_count(&ids).await;
     assert_eq!(decided, ids.len() as i64, "every request decided");
     let mut per_item: HashMap<i64, i64> = HashMap::new();
     for request in &sale.published {
@@ -170,12 +165,7 @@ impl Sale {
         self.published.extend(round);
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let decided: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
-                    .bind(&ids)
-                    .fetch_one(&env.pool)
-                    .await
-                    .unwrap();
+            let decided = env.decided_count(&ids).await;
             if decided == ids.len() as i64 {
                 return;
             }

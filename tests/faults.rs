@@ -237,12 +237,7 @@ async fn assert_each_decided_once(env: &TestEnv, item: i64, requests: &[OrderReq
     env.wait_for_outcomes(item, total, Duration::from_secs(180))
         .await;
     let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
-    let decided: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
-            .bind(&ids)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let decided = env.decided_count(&ids).await;
     assert_eq!(decided, total, "every accepted request is decided");
     let report = env.assert_audit_clean(item).await;
     assert_eq!(
@@ -577,12 +572,7 @@ async fn assert_each_decided_once_plus(
     env.wait_for_outcomes(item, total, Duration::from_secs(180))
         .await;
     let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
-    let decided: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
-            .bind(&ids)
-            .fetch_one(&env.pool)
-            .await
-            .unwrap();
+    let decided = env.decided_count(&ids).await;
     assert_eq!(
         decided,
         requests.len() as i64,

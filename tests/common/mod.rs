@@ -283,6 +283,15 @@ impl TestEnv {
             .unwrap()
     }
 
+    /// How many of these requests have an outcome stored.
+    pub async fn decided_count(&self, request_ids: &[Uuid]) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1)")
+            .bind(request_ids)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
     /// Waits (bounded) until `n` outcomes exist for the item.
     pub async fn wait_for_outcomes(&self, item_id: i64, n: i64, within: Duration) {
         let deadline = Instant::now() + within;
