@@ -261,6 +261,7 @@ pub async fn record_outcome<'e>(
         request_id: request.request_id,
         status,
         order_id,
+        amount: None,
     })
 }
 
@@ -293,6 +294,7 @@ pub async fn record_repeat_buyer(
         request_id: request.request_id,
         status: Status::AlreadyPurchased,
         order_id: None,
+        amount: None,
     })
 }
 
