@@ -439,10 +439,16 @@ async fn bad_quantities_limits_and_packets_are_refused_with_4xx() {
             "quantity",
         ),
         (
-            "/orders?path=pessimistic",
+            "/orders?path=optimistic",
             json!({"item_id": goods, "user_id": "u"}),
             400,
-            "path pessimistic supports only",
+            "path optimistic supports only",
+        ),
+        (
+            "/orders?path=pessimistic",
+            json!({"item_id": packet, "user_id": "u"}),
+            400,
+            "path pessimistic supports only ordinary goods;",
         ),
         (
             "/orders?path=conditional",
@@ -495,6 +501,53 @@ async fn bad_quantities_limits_and_packets_are_refused_with_4xx() {
         "{answer}"
     );
 
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// The locking paths that sell quantities (pessimistic, advisory) hold to the same rules: 600
+/// concurrent requests of 1–3 units from 150 users for 120 units with a limit of 3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn locking_paths_sell_quantities_within_the_stock_and_the_limit() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    for path in ["pessimistic", "advisory"] {
+        let (status, item) = api
+            .post(
+                "/items",
+                json!({"name": path, "stock": 120, "per_user_limit": 3}),
+            )
+            .await;
+        assert_eq!(status, 201, "{item}");
+        let item = item["id"].as_i64().unwrap();
+        let uri = format!("/orders?path={path}");
+        let requests: Vec<_> = (0..600)
+            .map(|i| {
+                let (api, uri) = (&api, &uri);
+                let body = json!({
+                    "item_id": item,
+                    "user_id": format!("user-{}", i % 150),
+                    "quantity": (i / 150 + i) % 3 + 1,
+                });
+                async move { api.post(uri, body).await }
+            })
+            .collect();
+        for (status, body) in run_concurrently(requests, 32).await {
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+        let report = env.assert_audit_clean(item).await;
+        assert_eq!(report.outcomes, 600, "{path}");
+        assert!(
+            report.units_sold <= 120 && report.units_sold >= 117,
+            "{path}: {report}"
+        );
+        let held = holdings(&env, item).await;
+        assert!(
+            held.values().all(|u| (1..=3).contains(u)),
+            "{path}: {held:?}"
+        );
+        assert!(held.values().any(|u| *u > 1), "{path}: orders grew");
+    }
     api.shutdown.cancel();
     env.cleanup().await;
 }

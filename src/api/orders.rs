@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
-use crate::domain::{ItemId, ItemRules, OrderRequest, Outcome, validate_user_id};
+use crate::domain::{ItemId, ItemKind, ItemRules, OrderRequest, Outcome, validate_user_id};
 use crate::paths;
 use crate::store::{self, RequestState};
 
@@ -98,18 +98,28 @@ pub async fn create(
     };
     let quantity = new.quantity.unwrap_or(1);
     rules.check_quantity(quantity)?;
-    if let Some(path) = sync_path
-        && (rules != ItemRules::ONE_PER_USER || quantity != 1)
-    {
-        // Their shared helpers sell one unit per user; rather than a wrong result, a clear no.
-        return Err(ApiError::client(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "path {} supports only ordinary goods with a per_user_limit of 1 and quantity 1; \
-                 quantities, limits and red packets are sold by the queue path (the default)",
-                path.name()
-            ),
-        ));
+    if let Some(path) = sync_path {
+        // Rather than a wrong result, a clear no.
+        let supported = if path.sells_quantities() {
+            rules.kind == ItemKind::Goods
+        } else {
+            rules == ItemRules::ONE_PER_USER && quantity == 1
+        };
+        if !supported {
+            let what = if path.sells_quantities() {
+                "ordinary goods"
+            } else {
+                "ordinary goods with a per_user_limit of 1 and quantity 1"
+            };
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "path {} supports only {what}; quantities, limits and red packets are sold \
+                     by the queue path (the default)",
+                    path.name()
+                ),
+            ));
+        }
     }
     let request = OrderRequest {
         request_id: new.request_id.unwrap_or_else(Uuid::new_v4),
