@@ -346,6 +346,50 @@ mod tests {
     }
 
     #[test]
+    fn item_specs_and_quantities() {
+        use ItemKind::{Goods, RedPacket};
+        let goods = |stock, limit| ItemSpec::new(Goods, stock, limit, None, None);
+        assert_eq!(
+            goods(Some(5), None),
+            Ok(ItemSpec::Goods {
+                stock: 5,
+                per_user_limit: 1
+            })
+        );
+        assert!(goods(Some(5), Some(5)).is_ok());
+        assert!(goods(Some(5), Some(6)).is_err());
+        assert!(goods(Some(5), Some(0)).is_err());
+        assert!(goods(None, Some(1)).is_err());
+        assert!(ItemSpec::new(Goods, Some(5), None, Some(10), None).is_err());
+        let packet = |total, shares| ItemSpec::new(RedPacket, None, None, total, shares);
+        assert_eq!(
+            packet(Some(10), Some(10)).map(|s| (s.stock(), s.rules().per_user_limit)),
+            Ok((10, 1))
+        );
+        assert!(packet(Some(9), Some(10)).is_err(), "a share would be zero");
+        assert!(packet(Some(10), None).is_err());
+        assert!(packet(Some(PACKET_TOTAL_MAX + 1), Some(1)).is_err());
+        assert!(ItemSpec::new(RedPacket, Some(3), None, Some(10), Some(3)).is_err());
+        assert!(ItemSpec::new(RedPacket, None, Some(2), Some(10), Some(3)).is_err());
+        assert!(ItemSpec::new(RedPacket, None, Some(1), Some(10), Some(3)).is_ok());
+
+        let limited = ItemRules {
+            kind: Goods,
+            per_user_limit: 3,
+        };
+        assert!(limited.check_quantity(3).is_ok());
+        assert!(limited.check_quantity(4).is_err());
+        assert!(limited.check_quantity(0).is_err());
+        assert!(ItemRules::ONE_PER_USER.check_quantity(2).is_err());
+        let packet_rules = ItemRules {
+            kind: RedPacket,
+            per_user_limit: 1,
+        };
+        assert!(packet_rules.check_quantity(1).is_ok());
+        assert!(packet_rules.check_quantity(2).is_err());
+    }
+
+    #[test]
     fn status_round_trips() {
         for s in [
             Status::Purchased,
