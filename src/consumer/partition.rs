@@ -185,10 +185,10 @@ async fn process_batch(
     metrics.commit_latency.observe(commit_time.as_secs_f64());
     metrics.redeliveries.inc_by(redelivered as u64);
 
-    let (unknown, decided): (Vec<_>, Vec<_>) = pending
+    let (refused, decided): (Vec<_>, Vec<_>) = pending
         .iter()
         .partition(|(index, _)| undecidable.contains_key(index));
-    for (index, _) in unknown {
+    for (index, _) in refused {
         rejects.push((*index, undecidable[index].clone()));
     }
     dead_letter(context, &batch, &rejects).await?;
