@@ -14,8 +14,12 @@ pub const USER_ID_LEN_MAX: usize = 64;
 pub const ITEM_NAME_LEN_MAX: usize = 200;
 /// Largest stock one item may start with: far above any real sale, far below overflow.
 pub const STOCK_MAX: i64 = 1_000_000_000;
+/// Largest red packet total, in minor units (ten billion in units of 1/100): far below overflow
+/// even when doubled (the share draw computes `2 · remaining`).
+pub const PACKET_TOTAL_MAX: i64 = 1_000_000_000_000;
 
-/// One buyer asking for one unit of one item. This is also the JSON body of the broker message.
+/// One buyer asking for `quantity` units of one item. This is also the JSON body of the broker
+/// message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderRequest {
@@ -23,12 +27,170 @@ pub struct OrderRequest {
     pub request_id: Uuid,
     pub item_id: ItemId,
     pub user_id: String,
+    /// Units asked for: absent means 1, and 1 is left out when encoding, so a default request's
+    /// message is byte for byte what it was before quantities existed (an older consumer, which
+    /// refuses unknown fields, still decides it).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub quantity: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+
+fn is_one(n: &i64) -> bool {
+    *n == 1
 }
 
 impl OrderRequest {
-    /// Checks what the type system cannot: the user id's length and characters.
+    /// Checks what the type system cannot: the user id's length and characters, and a quantity
+    /// of at least 1 (its upper bound is the item's, see [`ItemRules::check_quantity`]).
     pub fn validate(&self) -> Result<(), InvalidInput> {
-        validate_user_id(&self.user_id)
+        validate_user_id(&self.user_id)?;
+        validate_quantity(self.quantity)
+    }
+}
+
+pub fn validate_quantity(quantity: i64) -> Result<(), InvalidInput> {
+    if !(1..=STOCK_MAX).contains(&quantity) {
+        return Err(InvalidInput(format!(
+            "quantity must be an integer from 1 to the item's per_user_limit, got {quantity}"
+        )));
+    }
+    Ok(())
+}
+
+/// What is on sale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "snake_case")]
+#[sqlx(type_name = "text", rename_all = "snake_case")]
+pub enum ItemKind {
+    /// Units of a product; a user may buy up to the item's `per_user_limit` of them.
+    Goods,
+    /// A total amount split into shares of random size, one share per user.
+    RedPacket,
+}
+
+/// What a request must respect to be decided for an item (beyond stock and what the user holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemRules {
+    pub kind: ItemKind,
+    pub per_user_limit: i64,
+}
+
+impl ItemRules {
+    /// The rules of a default item: goods, one unit per user.
+    pub const ONE_PER_USER: ItemRules = ItemRules {
+        kind: ItemKind::Goods,
+        per_user_limit: 1,
+    };
+
+    /// A quantity no request may ask of this item, whoever asks and whatever is left: more than
+    /// one user may ever hold, or anything but 1 of a red packet.
+    pub fn check_quantity(&self, quantity: i64) -> Result<(), InvalidInput> {
+        validate_quantity(quantity)?;
+        if self.kind == ItemKind::RedPacket && quantity != 1 {
+            return Err(InvalidInput(format!(
+                "a red packet is grabbed one share at a time: quantity must be 1, got {quantity}"
+            )));
+        }
+        if quantity > self.per_user_limit {
+            return Err(InvalidInput(format!(
+                "quantity {quantity} is over the item's per_user_limit of {}",
+                self.per_user_limit
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// A valid item to create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemSpec {
+    Goods {
+        stock: i64,
+        per_user_limit: i64,
+    },
+    /// `shares` is the stock; every share is at least one minor unit, so `shares <= total`.
+    RedPacket {
+        total: i64,
+        shares: i64,
+    },
+}
+
+impl ItemSpec {
+    /// Checks the fields of `POST /items` for the item's kind (name apart, see [`validate_item`]).
+    pub fn new(
+        kind: ItemKind,
+        stock: Option<i64>,
+        per_user_limit: Option<i64>,
+        total: Option<i64>,
+        shares: Option<i64>,
+    ) -> Result<ItemSpec, InvalidInput> {
+        let refuse = |message: &str| Err(InvalidInput(message.into()));
+        match kind {
+            ItemKind::Goods => {
+                if total.is_some() || shares.is_some() {
+                    return refuse("total_amount and shares are for red packets only");
+                }
+                let Some(stock) = stock else {
+                    return refuse("stock is required");
+                };
+                validate_stock(stock)?;
+                let per_user_limit = per_user_limit.unwrap_or(1);
+                if !(1..=stock).contains(&per_user_limit) {
+                    return Err(InvalidInput(format!(
+                        "per_user_limit must be an integer from 1 to the stock ({stock}), got {per_user_limit}"
+                    )));
+                }
+                Ok(ItemSpec::Goods {
+                    stock,
+                    per_user_limit,
+                })
+            }
+            ItemKind::RedPacket => {
+                if stock.is_some() {
+                    return refuse("a red packet has shares, not stock");
+                }
+                if per_user_limit.is_some_and(|l| l != 1) {
+                    return refuse("a red packet is one share per user: per_user_limit must be 1");
+                }
+                let (Some(total), Some(shares)) = (total, shares) else {
+                    return refuse("a red packet needs total_amount and shares");
+                };
+                if !(1..=PACKET_TOTAL_MAX).contains(&total) {
+                    return Err(InvalidInput(format!(
+                        "total_amount must be an integer from 1 to {PACKET_TOTAL_MAX} (minor units, e.g. cents), got {total}"
+                    )));
+                }
+                if !(1..=STOCK_MAX).contains(&shares) || shares > total {
+                    return Err(InvalidInput(format!(
+                        "shares must be an integer from 1 to total_amount ({total}) so that no share is zero, got {shares}"
+                    )));
+                }
+                Ok(ItemSpec::RedPacket { total, shares })
+            }
+        }
+    }
+
+    pub fn stock(&self) -> i64 {
+        match *self {
+            ItemSpec::Goods { stock, .. } => stock,
+            ItemSpec::RedPacket { shares, .. } => shares,
+        }
+    }
+
+    pub fn rules(&self) -> ItemRules {
+        match *self {
+            ItemSpec::Goods { per_user_limit, .. } => ItemRules {
+                kind: ItemKind::Goods,
+                per_user_limit,
+            },
+            ItemSpec::RedPacket { .. } => ItemRules {
+                kind: ItemKind::RedPacket,
+                per_user_limit: 1,
+            },
+        }
     }
 }
 
@@ -36,11 +198,14 @@ impl OrderRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
-    /// A unit was sold to this user: an order row exists.
+    /// The units asked for were sold to this user: their order row exists (it holds these units,
+    /// with any the user bought before).
     Purchased,
-    /// No stock was left when this request's turn came.
+    /// Fewer units were left than asked for when this request's turn came (none left, for a
+    /// quantity of 1; for a red packet, no share left).
     SoldOut,
-    /// This user already holds an order for this item.
+    /// This user already holds units of this item, and these would take them past its
+    /// per-user limit (with the default limit of 1: the user already bought it).
     AlreadyPurchased,
     /// An optimistic path (`optimistic`, `redis-watch`) lost its compare-and-set more times than
     /// it may retry. Nothing was sold: not an order, and not a claim that stock ran out.
@@ -76,6 +241,9 @@ pub struct Outcome {
     /// Set exactly when `status` is `Purchased`.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub order_id: Option<Uuid>,
+    /// A red packet grab's share, in minor units: set exactly for a purchase of a red packet.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount: Option<i64>,
 }
 
 /// A client's input that breaks a rule; the message is safe to show the client.
@@ -122,6 +290,10 @@ pub fn validate_item(name: &str, stock: i64) -> Result<(), InvalidInput> {
             "name must not contain control characters".into(),
         ));
     }
+    validate_stock(stock)
+}
+
+fn validate_stock(stock: i64) -> Result<(), InvalidInput> {
     // A sale of nothing is a mistake (there is no restock), so zero is refused too.
     if !(1..=STOCK_MAX).contains(&stock) {
         return Err(InvalidInput(format!(
@@ -171,6 +343,50 @@ mod tests {
         assert!(validate_item("phone", STOCK_MAX + 1).is_err());
         assert!(validate_item("  ", 1).is_err());
         assert!(validate_item(&"n".repeat(201), 1).is_err());
+    }
+
+    #[test]
+    fn item_specs_and_quantities() {
+        use ItemKind::{Goods, RedPacket};
+        let goods = |stock, limit| ItemSpec::new(Goods, stock, limit, None, None);
+        assert_eq!(
+            goods(Some(5), None),
+            Ok(ItemSpec::Goods {
+                stock: 5,
+                per_user_limit: 1
+            })
+        );
+        assert!(goods(Some(5), Some(5)).is_ok());
+        assert!(goods(Some(5), Some(6)).is_err());
+        assert!(goods(Some(5), Some(0)).is_err());
+        assert!(goods(None, Some(1)).is_err());
+        assert!(ItemSpec::new(Goods, Some(5), None, Some(10), None).is_err());
+        let packet = |total, shares| ItemSpec::new(RedPacket, None, None, total, shares);
+        assert_eq!(
+            packet(Some(10), Some(10)).map(|s| (s.stock(), s.rules().per_user_limit)),
+            Ok((10, 1))
+        );
+        assert!(packet(Some(9), Some(10)).is_err(), "a share would be zero");
+        assert!(packet(Some(10), None).is_err());
+        assert!(packet(Some(PACKET_TOTAL_MAX + 1), Some(1)).is_err());
+        assert!(ItemSpec::new(RedPacket, Some(3), None, Some(10), Some(3)).is_err());
+        assert!(ItemSpec::new(RedPacket, None, Some(2), Some(10), Some(3)).is_err());
+        assert!(ItemSpec::new(RedPacket, None, Some(1), Some(10), Some(3)).is_ok());
+
+        let limited = ItemRules {
+            kind: Goods,
+            per_user_limit: 3,
+        };
+        assert!(limited.check_quantity(3).is_ok());
+        assert!(limited.check_quantity(4).is_err());
+        assert!(limited.check_quantity(0).is_err());
+        assert!(ItemRules::ONE_PER_USER.check_quantity(2).is_err());
+        let packet_rules = ItemRules {
+            kind: RedPacket,
+            per_user_limit: 1,
+        };
+        assert!(packet_rules.check_quantity(1).is_ok());
+        assert!(packet_rules.check_quantity(2).is_err());
     }
 
     #[test]

@@ -14,8 +14,8 @@ use sqlx::{Connection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
-use crate::consumer::sequencer::{BatchDecision, ItemState};
-use crate::domain::{ItemId, OrderRequest, Outcome, Status};
+use crate::consumer::sequencer::{BatchDecision, Holding, ItemState};
+use crate::domain::{ItemId, ItemKind, ItemRules, ItemSpec, OrderRequest, Outcome, Status};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -78,17 +78,49 @@ pub struct Item {
     pub name: String,
     pub stock_initial: i64,
     pub stock_remaining: i64,
-    /// Orders placed for it (counted, not stored: it cannot drift).
+    /// Units sold (summed over its orders, not stored: it cannot drift). For a red packet:
+    /// shares taken.
     pub sold: i64,
+    pub kind: ItemKind,
+    /// Units one user may hold in total.
+    pub per_user_limit: i64,
+    /// Red packets only: the total, in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_amount: Option<i64>,
+    /// Red packets only: what is not paid out yet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount_remaining: Option<i64>,
 }
 
+/// Creates ordinary goods, one unit per user.
 pub async fn create_item(pool: &PgPool, name: &str, stock: i64) -> sqlx::Result<Item> {
+    let spec = ItemSpec::Goods {
+        stock,
+        per_user_limit: 1,
+    };
+    create_item_spec(pool, name, &spec).await
+}
+
+/// Creates an item of any kind.
+pub async fn create_item_spec(pool: &PgPool, name: &str, spec: &ItemSpec) -> sqlx::Result<Item> {
+    let rules = spec.rules();
+    let total = match *spec {
+        ItemSpec::Goods { .. } => None,
+        ItemSpec::RedPacket { total, .. } => Some(total),
+    };
     sqlx::query_as(
-        "INSERT INTO items (name, stock_initial, stock_remaining) VALUES ($1, $2, $2)
-         RETURNING id, name, stock_initial, stock_remaining, 0::bigint AS sold",
+        "INSERT INTO items (name, stock_initial, stock_remaining, kind, per_user_limit,
+                            packet_total, packet_remaining)
+         VALUES ($1, $2, $2, $3, $4, $5, $5)
+         RETURNING id, name, stock_initial, stock_remaining, 0::bigint AS sold, kind,
+                   per_user_limit, packet_total AS total_amount,
+                   packet_remaining AS amount_remaining",
     )
     .bind(name)
-    .bind(stock)
+    .bind(spec.stock())
+    .bind(rules.kind)
+    .bind(rules.per_user_limit)
+    .bind(total)
     .fetch_one(pool)
     .await
 }
@@ -96,12 +128,28 @@ pub async fn create_item(pool: &PgPool, name: &str, stock: i64) -> sqlx::Result<
 pub async fn get_item(pool: &PgPool, id: ItemId) -> sqlx::Result<Option<Item>> {
     sqlx::query_as(
         "SELECT i.id, i.name, i.stock_initial, i.stock_remaining,
-                (SELECT count(*) FROM orders o WHERE o.item_id = i.id) AS sold
+                (SELECT coalesce(sum(o.quantity), 0)::bigint FROM orders o WHERE o.item_id = i.id)
+                    AS sold,
+                i.kind, i.per_user_limit, i.packet_total AS total_amount,
+                i.packet_remaining AS amount_remaining
          FROM items i WHERE i.id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
     .await
+}
+
+/// The rules a request for the item must respect; `None` when the item does not exist.
+pub async fn item_rules(pool: &PgPool, id: ItemId) -> sqlx::Result<Option<ItemRules>> {
+    let row: Option<(ItemKind, i64)> =
+        sqlx::query_as("SELECT kind, per_user_limit FROM items WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?;
+    Ok(row.map(|(kind, per_user_limit)| ItemRules {
+        kind,
+        per_user_limit,
+    }))
 }
 
 /// Where a request stands, as `GET /orders/{id}` reports it.
@@ -148,13 +196,15 @@ pub async fn record_accepted(pool: &PgPool, requests: &[OrderRequest]) -> sqlx::
     Ok(())
 }
 
-/// The outcomes already stored for any of these request ids.
+/// The outcomes already stored for any of these request ids (a red packet grab's with its share).
 pub async fn stored_outcomes(
     pool: &PgPool,
     request_ids: &[Uuid],
 ) -> sqlx::Result<HashMap<Uuid, Outcome>> {
     let rows = sqlx::query(
-        "SELECT request_id, status, order_id FROM outcomes WHERE request_id = ANY($1::uuid[])",
+        "SELECT c.request_id, c.status, c.order_id, o.amount
+         FROM outcomes c LEFT JOIN orders o ON o.id = c.order_id
+         WHERE c.request_id = ANY($1::uuid[])",
     )
     .bind(request_ids)
     .fetch_all(pool)
@@ -172,6 +222,7 @@ fn outcome_from_row(row: &sqlx::postgres::PgRow) -> sqlx::Result<Outcome> {
         request_id: row.try_get("request_id")?,
         status,
         order_id: row.try_get("order_id")?,
+        amount: row.try_get("amount")?,
     })
 }
 
@@ -185,25 +236,29 @@ pub async fn record_sold_out_at_the_door(
     let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
     let items: Vec<ItemId> = requests.iter().map(|r| r.item_id).collect();
     let users: Vec<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
+    let quantities: Vec<i64> = requests.iter().map(|r| r.quantity).collect();
     // The outer SELECT sees the table as it was when the statement began: the outcomes stored
     // before, for exactly the ids whose insert was skipped.
     let rows = sqlx::query(
         "WITH new AS (
-             INSERT INTO outcomes (request_id, item_id, user_id, status, path)
-             SELECT r, i, u, $4::text, $5::text FROM UNNEST($1::uuid[], $2::bigint[], $3::text[]) AS t(r, i, u)
+             INSERT INTO outcomes (request_id, item_id, user_id, status, path, quantity)
+             SELECT r, i, u, $4::text, $5::text, q
+             FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $6::bigint[]) AS t(r, i, u, q)
              ON CONFLICT (request_id) DO NOTHING
              RETURNING request_id
          )
-         SELECT request_id, status, order_id, false AS inserted FROM outcomes
-         WHERE request_id = ANY($1::uuid[])
+         SELECT c.request_id, c.status, c.order_id, o.amount, false AS inserted
+         FROM outcomes c LEFT JOIN orders o ON o.id = c.order_id
+         WHERE c.request_id = ANY($1::uuid[])
          UNION ALL
-         SELECT request_id, $4::text, NULL::uuid, true FROM new",
+         SELECT request_id, $4::text, NULL::uuid, NULL::bigint, true FROM new",
     )
     .bind(&ids)
     .bind(&items)
     .bind(&users)
     .bind(Status::SoldOut.as_str())
     .bind(crate::consumer::partition::PATH)
+    .bind(&quantities)
     .fetch_all(pool)
     .await?;
     let mut known: HashMap<Uuid, Outcome> = HashMap::with_capacity(rows.len());
@@ -237,29 +292,31 @@ pub async fn record_sold_out_at_the_door(
 }
 
 /// Adds `units` to an item's stock (initial and remaining), unless that would take it past
-/// [`crate::domain::STOCK_MAX`]. `Ok(None)`: no such item; `Err(RestockError::TooMuch)`: over
-/// the bound. The queue consumer and the lock paths update stock relative to what is stored,
-/// so a restock racing a sale loses no unit.
+/// [`crate::domain::STOCK_MAX`]. `Ok(None)`: no such item. Red packets cannot be restocked
+/// (their total is fixed). The queue consumer and the lock paths update stock relative to what
+/// is stored, so a restock racing a sale loses no unit.
 pub async fn restock(
     pool: &PgPool,
     item_id: ItemId,
     units: i64,
 ) -> Result<Option<Item>, RestockError> {
-    let item = sqlx::query_as::<_, Item>(
+    let restocked = sqlx::query(
         "UPDATE items
-         SET stock_initial = stock_initial + $2, stock_remaining = stock_remaining + $2
-         WHERE id = $1 AND stock_initial + $2 <= $3
-         RETURNING id, name, stock_initial, stock_remaining,
-                   (SELECT count(*) FROM orders o WHERE o.item_id = items.id) AS sold",
+         SET stock_initial = stock_initial + $2, stock_remaining = stock_remaining + $2,
+             restocked_at = now()
+         WHERE id = $1 AND kind = 'goods' AND stock_initial + $2 <= $3",
     )
     .bind(item_id)
     .bind(units)
     .bind(crate::domain::STOCK_MAX)
-    .fetch_optional(pool)
-    .await?;
-    match item {
-        Some(item) => Ok(Some(item)),
-        None if get_item(pool, item_id).await?.is_some() => Err(RestockError::TooMuch),
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    match get_item(pool, item_id).await? {
+        Some(item) if restocked => Ok(Some(item)),
+        Some(item) if item.kind == ItemKind::RedPacket => Err(RestockError::RedPacket),
+        Some(_) => Err(RestockError::TooMuch),
         None => Ok(None),
     }
 }
@@ -268,28 +325,38 @@ pub async fn restock(
 pub enum RestockError {
     #[error("the item would hold more than {} units", crate::domain::STOCK_MAX)]
     TooMuch,
+    #[error("a red packet cannot be restocked: its total and shares are fixed")]
+    RedPacket,
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
 
-/// Rebuilds what the queue consumer knows of an item: stock left and who bought.
-/// `None` when the item does not exist.
+/// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
+/// units, and a red packet's amount left. `None` when the item does not exist.
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some(stock_remaining) =
-        sqlx::query_scalar::<_, i64>("SELECT stock_remaining FROM items WHERE id = $1")
-            .bind(item_id)
-            .fetch_optional(pool)
-            .await?
+    let Some((stock_remaining, per_user_limit, packet_remaining)) =
+        sqlx::query_as::<_, (i64, i64, Option<i64>)>(
+            "SELECT stock_remaining, per_user_limit, packet_remaining FROM items WHERE id = $1",
+        )
+        .bind(item_id)
+        .fetch_optional(pool)
+        .await?
     else {
         return Ok(None);
     };
-    let buyers: Vec<String> = sqlx::query_scalar("SELECT user_id FROM orders WHERE item_id = $1")
-        .bind(item_id)
-        .fetch_all(pool)
-        .await?;
+    let buyers: Vec<(String, Uuid, i64)> =
+        sqlx::query_as("SELECT user_id, id, quantity FROM orders WHERE item_id = $1")
+            .bind(item_id)
+            .fetch_all(pool)
+            .await?;
     Ok(Some(ItemState {
         stock_remaining,
-        buyers: buyers.into_iter().collect(),
+        buyers: buyers
+            .into_iter()
+            .map(|(user, order_id, units)| (user, Holding { order_id, units }))
+            .collect(),
+        per_user_limit,
+        packet_remaining,
     }))
 }
 
@@ -335,9 +402,11 @@ pub enum CommitError {
 /// ONE statement — one round trip, one transaction, one fsync for hundreds of decisions. This is
 /// where the queue path's speed comes from. The table constraints make a wrong in-memory state
 /// fail the whole batch rather than write it: `stock_remaining >= 0` refuses an oversell, the
-/// unique keys refuse a second order per user or a second outcome per request. Every part writes
-/// only if `fence` is still the partition's current epoch (read `FOR SHARE`, so a new holder
-/// waits for this commit to finish before it takes over).
+/// unique keys refuse a second order per user or a second outcome per request, an order's
+/// quantity may not pass its item's limit, and a red packet may not pay out more than its total
+/// (nor leave a share without its minor unit). Every part writes only if `fence` is still the
+/// partition's current epoch (read `FOR SHARE`, so a new holder waits for this commit to finish
+/// before it takes over).
 pub async fn commit_batch(
     pool: &PgPool,
     path: &str,
@@ -352,33 +421,50 @@ pub async fn commit_batch(
     let order_items: Vec<ItemId> = orders.iter().map(|o| o.item_id).collect();
     let order_users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
     let order_requests: Vec<Uuid> = orders.iter().map(|o| o.request_id).collect();
+    let order_quantities: Vec<i64> = orders.iter().map(|o| o.quantity).collect();
+    let order_limits: Vec<i64> = orders.iter().map(|o| o.per_user_limit).collect();
+    let order_amounts: Vec<Option<i64>> = orders.iter().map(|o| o.amount).collect();
+    let (grown_orders, grown_units): (Vec<Uuid>, Vec<i64>) =
+        batch.more_units.iter().map(|(id, n)| (*id, *n)).unzip();
     let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
         batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
+    let sold_spent: Vec<i64> = sold_items
+        .iter()
+        .map(|id| batch.spent.get(id).copied().unwrap_or(0))
+        .collect();
     let outs = &batch.new_outcomes;
     let request_ids: Vec<Uuid> = outs.iter().map(|o| o.outcome.request_id).collect();
     let items: Vec<ItemId> = outs.iter().map(|o| o.item_id).collect();
     let users: Vec<&str> = outs.iter().map(|o| o.user_id.as_str()).collect();
     let statuses: Vec<&str> = outs.iter().map(|o| o.outcome.status.as_str()).collect();
     let outcome_orders: Vec<Option<Uuid>> = outs.iter().map(|o| o.outcome.order_id).collect();
+    let quantities: Vec<i64> = outs.iter().map(|o| o.quantity).collect();
 
     // Data-modifying CTEs run as one statement; the foreign keys are checked at its end, when
-    // the new orders exist.
+    // the new orders exist. An order grown here was committed by an earlier batch (one created
+    // in this batch is inserted with all its units), so the two never touch the same row.
     let written = sqlx::query(
         "WITH fence AS (
              SELECT 1 FROM partition_epochs WHERE queue = $13 AND epoch = $14 FOR SHARE
          ), new_orders AS (
-             INSERT INTO orders (id, item_id, user_id, request_id)
-             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[])
+             INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit, amount)
+             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[],
+                                  $15::bigint[], $16::bigint[], $17::bigint[])
              WHERE EXISTS (SELECT 1 FROM fence)
+         ), grown AS (
+             UPDATE orders SET quantity = orders.quantity + g.units
+             FROM UNNEST($18::uuid[], $19::bigint[]) AS g(id, units)
+             WHERE orders.id = g.id AND EXISTS (SELECT 1 FROM fence)
          ), stock AS (
-             UPDATE items SET stock_remaining = items.stock_remaining - d.sold
-             FROM UNNEST($5::bigint[], $6::bigint[]) AS d(id, sold)
+             UPDATE items SET stock_remaining = items.stock_remaining - d.sold,
+                              packet_remaining = items.packet_remaining - d.spent
+             FROM UNNEST($5::bigint[], $6::bigint[], $20::bigint[]) AS d(id, sold, spent)
              WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)
          )
-         INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
-         SELECT r, i, u, s, o, $12
-         FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::text[], $11::uuid[])
-             AS t(r, i, u, s, o)
+         INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
+         SELECT r, i, u, s, o, $12, q
+         FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::text[], $11::uuid[],
+                     $21::bigint[]) AS t(r, i, u, s, o, q)
          WHERE EXISTS (SELECT 1 FROM fence)",
     )
     .bind(&order_ids)
@@ -395,6 +481,13 @@ pub async fn commit_batch(
     .bind(path)
     .bind(&fence.queue)
     .bind(fence.epoch)
+    .bind(&order_quantities)
+    .bind(&order_limits)
+    .bind(&order_amounts)
+    .bind(&grown_orders)
+    .bind(&grown_units)
+    .bind(&sold_spent)
+    .bind(&quantities)
     .execute(pool)
     .await?;
     if written.rows_affected() == 0 {

@@ -157,6 +157,7 @@ impl Sale {
                     item_id: *item,
                     // Some buyers come back in later rounds: repeat buyers are decided too.
                     user_id: format!("user-{}", (i * 7 + number) % 60),
+                    quantity: 1,
                 })
             })
             .collect();

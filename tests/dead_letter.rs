@@ -23,6 +23,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_goes_on() {
         request_id: Uuid::new_v4(),
         item_id: item,
         user_id: user.into(),
+        quantity: 1,
     };
 
     // Poison first, on the item's own partition, so the valid requests queue up behind it.

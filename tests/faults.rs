@@ -343,6 +343,7 @@ async fn broker_restart_keeps_accepted_requests() {
         request_id: Uuid::new_v4(),
         item_id: item,
         user_id: "late-buyer".into(),
+        quantity: 1,
     };
     let body =
         json!({"item_id": item, "user_id": refused.user_id, "request_id": refused.request_id});
@@ -501,6 +502,7 @@ async fn postgres_stopped_nothing_is_decided_until_it_is_back() {
         request_id: Uuid::new_v4(),
         item_id: item,
         user_id: "retrying-buyer".into(),
+        quantity: 1,
     };
     let (status, answer) = api
         .post(

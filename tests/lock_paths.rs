@@ -33,6 +33,7 @@ fn request(item_id: ItemId, user: &str) -> OrderRequest {
         request_id: Uuid::new_v4(),
         item_id,
         user_id: user.to_string(),
+        quantity: 1,
     }
 }
 

@@ -19,6 +19,7 @@ fn request(item_id: i64, user: &str) -> OrderRequest {
         request_id: Uuid::new_v4(),
         item_id,
         user_id: user.to_string(),
+        quantity: 1,
     }
 }
 

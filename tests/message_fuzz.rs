@@ -145,7 +145,7 @@ proptest! {
         item_id in any::<i64>(),
         user_id in "[a-zA-Z0-9_.@:+-]{1,64}",
     ) {
-        let request = OrderRequest { request_id: uuid::Uuid::from_u128(id), item_id, user_id };
+        let request = OrderRequest { request_id: uuid::Uuid::from_u128(id), item_id, user_id, quantity: 1 };
         let body = message::encode(&request);
         let decoded = message::decode(&properties(Some(CONTENT_TYPE_JSON.into())), &body);
         prop_assert_eq!(decoded, Ok(request));

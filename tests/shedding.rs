@@ -222,6 +222,26 @@ async fn restock_refuses_bad_input_and_strangers() {
             .0,
         404
     );
+    let packet: Value = api
+        .http
+        .post(format!("{}/items", api.base))
+        .bearer_auth("s3cret")
+        .json(&json!({ "name": "p", "kind": "red_packet", "total_amount": 100, "shares": 3 }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let packet = packet["id"].as_i64().expect("red packet created");
+    let (code, body) = restock("s3cret", packet, json!({ "units": 1 })).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("red packet")),
+        "{body}"
+    );
     let (code, body) = restock("s3cret", item, json!({ "units": 5 })).await;
     assert_eq!((code, &body["stock_initial"]), (200, &json!(6)), "{body}");
     api.shutdown.cancel();

@@ -9,25 +9,42 @@ use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path};
 use crate::broker::item_events::ItemEvent;
-use crate::domain::{ItemId, STOCK_MAX, validate_item};
+use crate::domain::{ItemId, ItemKind, ItemSpec, STOCK_MAX, validate_item};
 use crate::store::{self, Item, RestockError};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewItem {
     pub name: String,
-    pub stock: i64,
+    /// `goods` (the default) or `red_packet`.
+    pub kind: Option<ItemKind>,
+    /// Goods: units on sale (required).
+    pub stock: Option<i64>,
+    /// Goods: units one user may hold in total; 1 when absent.
+    pub per_user_limit: Option<i64>,
+    /// Red packet: the amount to split, in integer minor units (e.g. cents).
+    pub total_amount: Option<i64>,
+    /// Red packet: how many users get a share (at most `total_amount`: no share is zero).
+    pub shares: Option<i64>,
 }
 
-/// `POST /items {"name", "stock"}` → `201` with the item.
+/// `POST /items {"name", "stock", "per_user_limit"?}` or
+/// `{"name", "kind": "red_packet", "total_amount", "shares"}` → `201` with the item.
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
     Json(new): Json<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
     authorize(&state, &headers)?;
-    validate_item(&new.name, new.stock)?;
-    let item = store::create_item(&state.pool, new.name.trim(), new.stock).await?;
+    let spec = ItemSpec::new(
+        new.kind.unwrap_or(ItemKind::Goods),
+        new.stock,
+        new.per_user_limit,
+        new.total_amount,
+        new.shares,
+    )?;
+    validate_item(&new.name, spec.stock())?;
+    let item = store::create_item_spec(&state.pool, new.name.trim(), &spec).await?;
     // The Redis paths decide from Redis: hand them the item now. They also load an item they
     // find missing, so a Redis that is down only costs a warning here.
     if let Err(e) = state
@@ -41,6 +58,8 @@ pub async fn create(
     tracing::info!(
         item_id = item.id,
         stock = item.stock_initial,
+        kind = ?item.kind,
+        per_user_limit = item.per_user_limit,
         "item created"
     );
     Ok((StatusCode::CREATED, axum::Json(item)))
@@ -74,10 +93,10 @@ pub async fn restock(
     let item = match store::restock(&state.pool, id, restock.units).await {
         Ok(Some(item)) => item,
         Ok(None) => return Err(ApiError::NotFound("item")),
-        Err(RestockError::TooMuch) => {
+        Err(e @ (RestockError::TooMuch | RestockError::RedPacket)) => {
             return Err(ApiError::client(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("the item would hold more than {STOCK_MAX} units"),
+                e.to_string(),
             ));
         }
         Err(RestockError::Database(e)) => return Err(e.into()),

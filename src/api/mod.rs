@@ -25,7 +25,7 @@ pub mod extract;
 pub mod items;
 pub mod orders;
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -42,15 +42,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::Publisher;
 use crate::config::ApiLimits;
-use crate::domain::ItemId;
+use crate::domain::{ItemId, ItemRules};
 use crate::paths::Registry;
 use crate::shedding::Shedder;
 use accepted::AcceptedLog;
 
 /// Largest request body accepted (a real one is under 200 bytes).
 pub const BODY_LEN_MAX: usize = 16 * 1024;
-/// Most item ids remembered as existing; the cache is cleared when full (items are never
-/// deleted, so a remembered id never goes stale).
+/// Most items whose rules are remembered; the cache is cleared when full (items are never
+/// deleted and their rules never change, so a remembered one never goes stale).
 const KNOWN_ITEMS_MAX: usize = 100_000;
 
 /// What every handler shares. Cloned for each extractor of each request, so it is one `Arc`:
@@ -80,8 +80,9 @@ pub struct Shared {
     /// Answers `sold_out` at the door for items announced sold out; `None`: every request of
     /// the queue path goes to the decider.
     pub shedder: Option<Arc<Shedder>>,
-    /// Items known to exist, so `POST /orders` costs no database read on the hot path.
-    known_items: Arc<RwLock<HashSet<ItemId>>>,
+    /// Items known to exist, with their rules, so `POST /orders` costs no database read on the
+    /// hot path.
+    known_items: Arc<RwLock<HashMap<ItemId, ItemRules>>>,
     /// One permit per request being handled: when none is left, requests are shed (503) instead
     /// of queueing without bound.
     in_flight: Arc<Semaphore>,
@@ -149,28 +150,21 @@ impl AppState {
         permit
     }
 
-    async fn item_exists(&self, id: ItemId) -> sqlx::Result<bool> {
-        if self
-            .known_items
-            .read()
-            .expect("known_items lock")
-            .contains(&id)
-        {
-            return Ok(true);
+    /// The item's rules (kind, per-user limit), `None` when it does not exist. Cached: an item's
+    /// rules never change once it is created.
+    async fn item_rules(&self, id: ItemId) -> sqlx::Result<Option<ItemRules>> {
+        if let Some(rules) = self.known_items.read().expect("known_items lock").get(&id) {
+            return Ok(Some(*rules));
         }
-        let exists =
-            sqlx::query_scalar::<_, bool>("SELECT EXISTS (SELECT 1 FROM items WHERE id = $1)")
-                .bind(id)
-                .fetch_one(&self.pool)
-                .await?;
-        if exists {
+        let rules = crate::store::item_rules(&self.pool, id).await?;
+        if let Some(rules) = rules {
             let mut known = self.known_items.write().expect("known_items lock");
             if known.len() >= KNOWN_ITEMS_MAX {
                 known.clear();
             }
-            known.insert(id);
+            known.insert(id, rules);
         }
-        Ok(exists)
+        Ok(rules)
     }
 }
 

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
-use crate::domain::{ItemId, OrderRequest, Outcome, validate_user_id};
+use crate::domain::{ItemId, ItemKind, ItemRules, OrderRequest, Outcome, validate_user_id};
 use crate::paths;
 use crate::store::{self, RequestState};
 
@@ -26,6 +26,8 @@ pub struct NewOrder {
     pub user_id: String,
     /// Idempotency key; generated when absent.
     pub request_id: Option<Uuid>,
+    /// Units to buy: 1 when absent; at most the item's `per_user_limit`; 1 for a red packet.
+    pub quantity: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -36,13 +38,16 @@ pub struct OrderParams {
     pub path: Option<String>,
 }
 
-/// The body of every order answer: `{"request_id", "status", "order_id"?}`.
+/// The body of every order answer: `{"request_id", "status", "order_id"?, "amount"?}`.
 #[derive(Debug, Serialize)]
 pub struct OrderStatus {
     pub request_id: Uuid,
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub order_id: Option<Uuid>,
+    /// A red packet grab's share, in minor units.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amount: Option<i64>,
 }
 
 impl OrderStatus {
@@ -51,6 +56,7 @@ impl OrderStatus {
             request_id,
             status: "pending",
             order_id: None,
+            amount: None,
         }
     }
 }
@@ -61,6 +67,7 @@ impl From<Outcome> for OrderStatus {
             request_id: o.request_id,
             status: o.status.as_str(),
             order_id: o.order_id,
+            amount: o.amount,
         }
     }
 }
@@ -87,13 +94,39 @@ pub async fn create(
         })?),
     };
     validate_user_id(&new.user_id)?;
-    if !state.item_exists(new.item_id).await? {
+    let Some(rules) = state.item_rules(new.item_id).await? else {
         return Err(ApiError::NotFound("item"));
+    };
+    let quantity = new.quantity.unwrap_or(1);
+    rules.check_quantity(quantity)?;
+    if let Some(path) = sync_path {
+        // Rather than a wrong result, a clear no.
+        let supported = if path.sells_quantities() {
+            rules.kind == ItemKind::Goods
+        } else {
+            rules == ItemRules::ONE_PER_USER && quantity == 1
+        };
+        if !supported {
+            let what = if path.sells_quantities() {
+                "ordinary goods"
+            } else {
+                "ordinary goods with a per_user_limit of 1 and quantity 1"
+            };
+            return Err(ApiError::client(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "path {} supports only {what}; quantities, limits and red packets are sold \
+                     by the queue path (the default)",
+                    path.name()
+                ),
+            ));
+        }
     }
     let request = OrderRequest {
         request_id: new.request_id.unwrap_or_else(Uuid::new_v4),
         item_id: new.item_id,
         user_id: new.user_id,
+        quantity,
     };
     if let Some(path) = sync_path {
         let outcome = state.paths.purchase(path, &request).await?;

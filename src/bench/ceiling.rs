@@ -105,6 +105,7 @@ async fn publish_confirmed(
         request_id: Uuid::now_v7(),
         item_id: 1,
         user_id: "user-123456".into(),
+        quantity: 1,
     };
     let body = message::encode(&sample);
     let mut in_flight = FuturesUnordered::new();

@@ -637,6 +637,7 @@ async fn send_direct(bench: &Bench, path: &str, item_id: i64, user: &str) -> Str
         request_id: Uuid::now_v7(),
         item_id,
         user_id: user.to_string(),
+        quantity: 1,
     };
     if path == "queue"
         && let Some(shedder) = &bench.shedder
@@ -708,6 +709,7 @@ async fn measure_ceilings(
                 request_id: Uuid::now_v7(),
                 item_id: items[a.item],
                 user_id: a.user.clone(),
+                quantity: 1,
             })
             .collect()
     };

@@ -1,6 +1,7 @@
 //! The wire format of a purchase request on the broker, and of the reply to it.
 //!
-//! Body: JSON `{"request_id": uuid, "item_id": int, "user_id": string}` (see `OrderRequest`).
+//! Body: JSON `{"request_id": uuid, "item_id": int, "user_id": string, "quantity"?: int}` (see
+//! `OrderRequest`; `quantity` absent means 1 and is left out when it is 1).
 //! Properties: `content_type = application/json`, `delivery_mode = 2` (persistent),
 //! `message_id = request_id`; `reply_to`/`correlation_id` when the producer wants the decision.
 //! A message that fails [`decode`] is dead-lettered with the reason in `x-seckill-reason`.
@@ -111,10 +112,55 @@ mod tests {
             request_id: Uuid::new_v4(),
             item_id: 42,
             user_id: "alice".into(),
+            quantity: 1,
         };
         assert_eq!(decode(&json_props(), &encode(&r)), Ok(r.clone()));
         // A producer that sets no content type is accepted too.
-        assert_eq!(decode(&BasicProperties::default(), &encode(&r)), Ok(r));
+        assert_eq!(
+            decode(&BasicProperties::default(), &encode(&r)),
+            Ok(r.clone())
+        );
+        // Quantity 1 is left out: the body is what it was before quantities existed.
+        assert!(!String::from_utf8(encode(&r)).unwrap().contains("quantity"));
+        let three = OrderRequest { quantity: 3, ..r };
+        assert!(
+            String::from_utf8(encode(&three))
+                .unwrap()
+                .contains(r#""quantity":3"#)
+        );
+        assert_eq!(decode(&json_props(), &encode(&three)), Ok(three));
+    }
+
+    #[test]
+    fn quantity_is_optional_and_at_least_one() {
+        let id = "6f1c1b7e-6f0e-4e53-8f0a-1a2b3c4d5e6f";
+        let body = |extra: &str| {
+            format!(r#"{{"request_id":"{id}","item_id":1,"user_id":"u"{extra}}}"#).into_bytes()
+        };
+        assert_eq!(decode(&json_props(), &body("")).unwrap().quantity, 1);
+        assert_eq!(
+            decode(&json_props(), &body(r#","quantity":1"#))
+                .unwrap()
+                .quantity,
+            1
+        );
+        assert_eq!(
+            decode(&json_props(), &body(r#","quantity":5"#))
+                .unwrap()
+                .quantity,
+            5
+        );
+        for bad in [r#","quantity":0"#, r#","quantity":-2"#] {
+            let err = decode(&json_props(), &body(bad)).unwrap_err();
+            assert!(err.0.contains("quantity must be"), "{}", err.0);
+        }
+        for bad in [
+            r#","quantity":"2""#,
+            r#","quantity":1.5"#,
+            r#","quantity":null"#,
+        ] {
+            assert!(decode(&json_props(), &body(bad)).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -146,11 +192,13 @@ mod tests {
             request_id: Uuid::new_v4(),
             status: crate::domain::Status::Purchased,
             order_id: Some(Uuid::new_v4()),
+            amount: Some(250),
         };
         let two = [
             outcome,
             Outcome {
                 order_id: None,
+                amount: None,
                 status: crate::domain::Status::SoldOut,
                 ..outcome
             },

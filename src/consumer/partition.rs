@@ -217,7 +217,7 @@ async fn process_batch(
     crate::failpoint::hit("before_decide");
     let mut look_up_stored = redelivered > 0;
     let mut attempt = 0;
-    let (answers, unknown_items) = loop {
+    let (answers, undecidable) = loop {
         match decide_and_commit(&context.pool, queue, decider, &pending, look_up_stored).await {
             Ok(done) => break done,
             Err(CommitError::Fenced { queue, epoch }) => {
@@ -278,11 +278,11 @@ async fn process_batch(
     metrics.commit_latency.observe(commit_time.as_secs_f64());
     metrics.redeliveries.inc_by(redelivered as u64);
 
-    let (decided, unknown): (Vec<_>, Vec<_>) = pending
+    let (refused, decided): (Vec<_>, Vec<_>) = pending
         .iter()
-        .partition(|(_, r)| !unknown_items.contains(&r.item_id));
-    for (index, request) in unknown {
-        rejects.push((*index, format!("unknown item {}", request.item_id)));
+        .partition(|(index, _)| undecidable.contains_key(index));
+    for (index, _) in refused {
+        rejects.push((*index, undecidable[index].clone()));
     }
     dead_letter(context, &batch, &rejects).await?;
 
@@ -408,8 +408,9 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
 }
 
-/// Loads what the sequencer needs, decides, and commits. Returns one answer per request of a
-/// known item (in order) and the items that do not exist. The first call of a subscription
+/// Loads what the sequencer needs, decides, and commits. Returns one answer per request it
+/// decided (in order) and, by delivery index, why it could not decide the others: their item does
+/// not exist, or no request may ask their quantity of it. The first call of a subscription
 /// takes the partition's epoch, before any item state is loaded, so that state includes every
 /// commit of the previous holder.
 async fn decide_and_commit(
@@ -420,7 +421,7 @@ async fn decide_and_commit(
     }: &mut Decider,
     pending: &[(usize, OrderRequest)],
     look_up_stored: bool,
-) -> Result<(Vec<Outcome>, Vec<ItemId>), CommitError> {
+) -> Result<(Vec<Outcome>, HashMap<usize, String>), CommitError> {
     if fence.is_none() {
         sequencer.forget_all();
         let taken = store::take_epoch(pool, queue, &holder_name()).await?;
@@ -445,11 +446,20 @@ async fn decide_and_commit(
             None => unknown.push(item_id),
         }
     }
-    let requests: Vec<OrderRequest> = pending
-        .iter()
-        .filter(|(_, r)| !unknown.contains(&r.item_id))
-        .map(|(_, r)| r.clone())
-        .collect();
+    let mut undecidable = HashMap::new();
+    let mut requests: Vec<OrderRequest> = Vec::with_capacity(pending.len());
+    for (index, request) in pending {
+        let refusal = match sequencer.state(request.item_id) {
+            None => Some(format!("unknown item {}", request.item_id)),
+            Some(state) => state.refusal(request.quantity),
+        };
+        match refusal {
+            Some(reason) => {
+                undecidable.insert(*index, reason);
+            }
+            None => requests.push(request.clone()),
+        }
+    }
     // Time-ordered ids keep the orders primary-key index appending at its right edge.
     let decision = sequencer.decide_batch(&requests, &stored, Uuid::now_v7);
     crate::failpoint::hit("before_commit");
@@ -461,5 +471,5 @@ async fn decide_and_commit(
             .with_label_values(&[new.outcome.status.as_str()])
             .inc();
     }
-    Ok((decision.answers, unknown))
+    Ok((decision.answers, undecidable))
 }

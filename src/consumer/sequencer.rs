@@ -9,20 +9,54 @@
 //! partition queue, and an item always routes to the same partition), so nothing else changes
 //! the item's stock or buyers while it decides. The database constraints remain as a backstop.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
 
 /// What the sequencer knows about one item: rebuilt from the database on first use.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ItemState {
-    /// Units left to sell. Never negative.
+    /// Units left to sell (for a red packet: shares left). Never negative.
     pub stock_remaining: i64,
-    /// Users holding an order for this item.
-    pub buyers: HashSet<String>,
+    /// Users holding an order for this item, with the order and the units it holds.
+    pub buyers: HashMap<String, Holding>,
+    /// Units one user may hold in total.
+    pub per_user_limit: i64,
+    /// A red packet's amount not yet paid out, in minor units, to be split among the
+    /// `stock_remaining` shares left; `None` for goods.
+    pub packet_remaining: Option<i64>,
+}
+
+/// One user's order for an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Holding {
+    pub order_id: Uuid,
+    pub units: i64,
+}
+
+impl Default for ItemState {
+    fn default() -> Self {
+        Self::goods(0, 1)
+    }
+}
+
+/// What [`ItemState::decide`] decided for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing sold: `AlreadyPurchased` or `SoldOut`.
+    Refused(Status),
+    /// Sold: into the user's existing order, or (`new_order`) into a new one.
+    Sold {
+        order_id: Uuid,
+        new_order: bool,
+        /// The red packet share drawn; `None` for goods.
+        amount: Option<i64>,
+    },
 }
 
 impl ItemState {
@@ -31,20 +65,111 @@ impl ItemState {
         self.stock_remaining == 0
     }
 
-    /// Applies the rules to one request. The buyer check comes first: a repeat buyer must never
-    /// take stock, and is told `already_purchased` even when stock has run out.
-    pub fn decide(&mut self, user_id: &str) -> Status {
-        if self.buyers.contains(user_id) {
-            Status::AlreadyPurchased
-        } else if self.stock_remaining == 0 {
-            Status::SoldOut
-        } else {
-            self.stock_remaining -= 1;
-            self.buyers.insert(user_id.to_owned());
-            debug_assert!(self.stock_remaining >= 0, "stock went negative");
-            Status::Purchased
+    /// Goods nobody has bought yet.
+    pub fn goods(stock: i64, per_user_limit: i64) -> Self {
+        Self {
+            stock_remaining: stock,
+            buyers: HashMap::new(),
+            per_user_limit,
+            packet_remaining: None,
         }
     }
+
+    /// A red packet nobody has grabbed yet.
+    pub fn red_packet(total: i64, shares: i64) -> Self {
+        Self {
+            packet_remaining: Some(total),
+            ..Self::goods(shares, 1)
+        }
+    }
+
+    /// Why no request may ask this quantity of this item (`None`: it may). Such a request is
+    /// refused before deciding, like a request for an unknown item; the API refuses it too.
+    pub fn refusal(&self, quantity: i64) -> Option<String> {
+        let kind = if self.packet_remaining.is_some() {
+            crate::domain::ItemKind::RedPacket
+        } else {
+            crate::domain::ItemKind::Goods
+        };
+        let rules = crate::domain::ItemRules {
+            kind,
+            per_user_limit: self.per_user_limit,
+        };
+        rules.check_quantity(quantity).err().map(|e| e.0)
+    }
+
+    /// Applies the rules to one request. The limit check comes first: a repeat buyer must never
+    /// take stock, and is told `already_purchased` even when stock has run out. A red packet
+    /// draws the share here, from what is left (see [`draw_share`]). The quantity must pass
+    /// [`ItemState::refusal`].
+    pub fn decide(
+        &mut self,
+        user_id: &str,
+        quantity: i64,
+        rng: &mut impl Rng,
+        new_order_id: impl FnOnce() -> Uuid,
+    ) -> Verdict {
+        debug_assert!(self.refusal(quantity).is_none(), "quantity {quantity}");
+        let held = self.buyers.get(user_id).map_or(0, |h| h.units);
+        if held + quantity > self.per_user_limit {
+            return Verdict::Refused(Status::AlreadyPurchased);
+        }
+        if quantity > self.stock_remaining {
+            return Verdict::Refused(Status::SoldOut);
+        }
+        let amount = self.packet_remaining.map(|rest| {
+            let share = draw_share(rest, self.stock_remaining, rng);
+            self.packet_remaining = Some(rest - share);
+            share
+        });
+        self.stock_remaining -= quantity;
+        debug_assert!(self.stock_remaining >= 0, "stock went negative");
+        debug_assert!(
+            self.packet_remaining
+                .is_none_or(|rest| rest >= self.stock_remaining),
+            "a share left without its minor unit"
+        );
+        if let Some(holding) = self.buyers.get_mut(user_id) {
+            holding.units += quantity;
+            return Verdict::Sold {
+                order_id: holding.order_id,
+                new_order: false,
+                amount,
+            };
+        }
+        let order_id = new_order_id();
+        self.buyers.insert(
+            user_id.to_owned(),
+            Holding {
+                order_id,
+                units: quantity,
+            },
+        );
+        Verdict::Sold {
+            order_id,
+            new_order: true,
+            amount,
+        }
+    }
+}
+
+/// One red packet share out of `remaining` minor units left for `shares` shares, by the "double
+/// average" method: uniform in `[1, 2 · remaining / shares − 1]`, and the last share takes what
+/// is left. Every share is at least 1 and at most what leaves 1 for each later share, so the
+/// shares sum exactly to the total and none is zero (needs `remaining >= shares >= 1`). The mean
+/// share is the average left, so early and late grabbers expect the same.
+pub fn draw_share(remaining: i64, shares: i64, rng: &mut impl Rng) -> i64 {
+    assert!(
+        shares >= 1 && remaining >= shares,
+        "{remaining} for {shares} shares"
+    );
+    if shares == 1 {
+        return remaining;
+    }
+    let double_average = i64::try_from(2 * i128::from(remaining) / i128::from(shares) - 1)
+        .expect("remaining is bounded by PACKET_TOTAL_MAX");
+    let max = double_average.clamp(1, remaining - (shares - 1));
+    rng.random_range(1..=max)
 }
 
 /// A new order to insert.
@@ -54,6 +179,12 @@ pub struct NewOrder {
     pub request_id: Uuid,
     pub item_id: ItemId,
     pub user_id: String,
+    /// Units it holds: this request's, plus those of the same user's later requests in the batch.
+    pub quantity: i64,
+    /// The item's limit (the database checks `quantity` against it).
+    pub per_user_limit: i64,
+    /// The red packet share; `None` for goods.
+    pub amount: Option<i64>,
 }
 
 /// A decision made in this batch, to be stored.
@@ -62,6 +193,8 @@ pub struct NewOutcome {
     pub outcome: Outcome,
     pub item_id: ItemId,
     pub user_id: String,
+    /// Units the request asked for.
+    pub quantity: i64,
 }
 
 /// Everything one batch decided: what to write, and what to answer.
@@ -72,21 +205,42 @@ pub struct BatchDecision {
     /// Decisions that are new and must be committed.
     pub new_outcomes: Vec<NewOutcome>,
     pub new_orders: Vec<NewOrder>,
+    /// Units added to orders committed before this batch, per order.
+    pub more_units: HashMap<Uuid, i64>,
     /// Units sold per item in this batch, for the single stock update per item.
     pub sold: HashMap<ItemId, i64>,
+    /// Red packet amounts paid out per item in this batch, for the same update.
+    pub spent: HashMap<ItemId, i64>,
 }
 
 /// Per-partition decider: the in-memory state of the items it has seen recently.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Sequencer {
     items: HashMap<ItemId, ItemState>,
     /// When each known item last had a request decided (or was loaded).
     last_used: HashMap<ItemId, Instant>,
+    /// Draws red packet shares. Seeded by the caller in tests, so a run can be replayed.
+    rng: StdRng,
+}
+
+impl Default for Sequencer {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Sequencer {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_rng(StdRng::from_os_rng())
+    }
+
+    /// A sequencer drawing red packet shares from `rng` (a seeded one in tests).
+    pub fn with_rng(rng: StdRng) -> Self {
+        Self {
+            items: HashMap::new(),
+            last_used: HashMap::new(),
+            rng,
+        }
     }
 
     /// True when the item's state is in memory (else load it with [`Sequencer::insert`]).
@@ -170,6 +324,8 @@ impl Sequencer {
         let mut decision = BatchDecision::default();
         // Requests decided earlier in this same batch: a repeat gets the same answer.
         let mut decided_here: HashMap<Uuid, Outcome> = HashMap::new();
+        // Orders created in this batch, by id: their index in `new_orders`.
+        let mut orders_here: HashMap<Uuid, usize> = HashMap::new();
         for request in requests {
             if let Some(outcome) = stored
                 .get(&request.request_id)
@@ -182,26 +338,58 @@ impl Sequencer {
                 .items
                 .get_mut(&request.item_id)
                 .expect("decide_batch: item state must be loaded before deciding");
-            let status = state.decide(&request.user_id);
-            let order_id = (status == Status::Purchased).then(&mut new_order_id);
-            let outcome = Outcome {
-                request_id: request.request_id,
-                status,
-                order_id,
-            };
-            if let Some(order_id) = order_id {
-                decision.new_orders.push(NewOrder {
-                    order_id,
+            let verdict = state.decide(
+                &request.user_id,
+                request.quantity,
+                &mut self.rng,
+                &mut new_order_id,
+            );
+            let outcome = match verdict {
+                Verdict::Refused(status) => Outcome {
                     request_id: request.request_id,
-                    item_id: request.item_id,
-                    user_id: request.user_id.clone(),
-                });
-                *decision.sold.entry(request.item_id).or_insert(0) += 1;
-            }
+                    status,
+                    order_id: None,
+                    amount: None,
+                },
+                Verdict::Sold {
+                    order_id,
+                    new_order,
+                    amount,
+                } => {
+                    if new_order {
+                        orders_here.insert(order_id, decision.new_orders.len());
+                        decision.new_orders.push(NewOrder {
+                            order_id,
+                            request_id: request.request_id,
+                            item_id: request.item_id,
+                            user_id: request.user_id.clone(),
+                            quantity: request.quantity,
+                            per_user_limit: state.per_user_limit,
+                            amount,
+                        });
+                    } else if let Some(&index) = orders_here.get(&order_id) {
+                        // Created in this batch: the insert carries all its units.
+                        decision.new_orders[index].quantity += request.quantity;
+                    } else {
+                        *decision.more_units.entry(order_id).or_insert(0) += request.quantity;
+                    }
+                    *decision.sold.entry(request.item_id).or_insert(0) += request.quantity;
+                    if let Some(amount) = amount {
+                        *decision.spent.entry(request.item_id).or_insert(0) += amount;
+                    }
+                    Outcome {
+                        request_id: request.request_id,
+                        status: Status::Purchased,
+                        order_id: Some(order_id),
+                        amount,
+                    }
+                }
+            };
             decision.new_outcomes.push(NewOutcome {
                 outcome,
                 item_id: request.item_id,
                 user_id: request.user_id.clone(),
+                quantity: request.quantity,
             });
             decided_here.insert(request.request_id, outcome);
             decision.answers.push(outcome);
@@ -212,25 +400,30 @@ impl Sequencer {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn request(item_id: ItemId, user: &str) -> OrderRequest {
+        units(item_id, user, 1)
+    }
+
+    fn units(item_id: ItemId, user: &str, quantity: i64) -> OrderRequest {
         OrderRequest {
             request_id: Uuid::new_v4(),
             item_id,
             user_id: user.into(),
+            quantity,
         }
     }
 
+    fn seeded(seed: u64) -> Sequencer {
+        Sequencer::with_rng(StdRng::seed_from_u64(seed))
+    }
+
     fn sequencer_with(item_id: ItemId, stock: i64) -> Sequencer {
-        let mut s = Sequencer::new();
-        s.insert(
-            item_id,
-            ItemState {
-                stock_remaining: stock,
-                buyers: HashSet::new(),
-            },
-        );
+        let mut s = seeded(1);
+        s.insert(item_id, ItemState::goods(stock, 1));
         s
     }
 
@@ -292,6 +485,7 @@ mod tests {
             request_id: r.request_id,
             status: Status::Purchased,
             order_id: Some(Uuid::new_v4()),
+            amount: None,
         };
         let stored = HashMap::from([(r.request_id, earlier)]);
         let d = s.decide_batch(&[r], &stored, Uuid::new_v4);
@@ -303,13 +497,7 @@ mod tests {
     #[test]
     fn items_are_independent_and_forget_drops_state() {
         let mut s = sequencer_with(1, 1);
-        s.insert(
-            2,
-            ItemState {
-                stock_remaining: 1,
-                buyers: HashSet::new(),
-            },
-        );
+        s.insert(2, ItemState::goods(1, 1));
         let d = s.decide_batch(
             &[request(1, "a"), request(2, "a")],
             &HashMap::new(),
@@ -366,6 +554,245 @@ mod tests {
             );
             for o in &d.answers {
                 assert_eq!(o.order_id.is_some(), o.status == Status::Purchased);
+            }
+        }
+    }
+
+    fn statuses(d: &BatchDecision) -> Vec<Status> {
+        d.answers.iter().map(|o| o.status).collect()
+    }
+
+    #[test]
+    fn quantities_count_against_the_limit_and_the_stock() {
+        let mut s = seeded(1);
+        s.insert(1, ItemState::goods(5, 3));
+        let reqs = vec![
+            units(1, "a", 2),
+            units(1, "a", 2), // 2 + 2 > 3: over the limit, takes nothing
+            units(1, "b", 3),
+            units(1, "a", 1), // 2 + 1 = 3: within the limit, but nothing is left
+            units(1, "c", 1), // none left
+        ];
+        let d = s.decide_batch(&reqs, &HashMap::new(), Uuid::new_v4);
+        // Exactly: a gets 2, a is refused 2 more, b gets 3 (3 left), a's 1 more finds none
+        // left (sold_out: the limit allows it, the stock does not), c finds none.
+        assert_eq!(
+            statuses(&d),
+            [
+                Status::Purchased,
+                Status::AlreadyPurchased,
+                Status::Purchased,
+                Status::SoldOut,
+                Status::SoldOut,
+            ]
+        );
+        assert_eq!(d.sold[&1], 5);
+        assert_eq!(d.new_orders.len(), 2);
+        assert!(d.more_units.is_empty());
+        let state = s.state(1).unwrap();
+        assert_eq!(state.stock_remaining, 0);
+        assert_eq!(state.buyers["a"].units, 2);
+        assert_eq!(state.buyers["b"].units, 3);
+    }
+
+    #[test]
+    fn a_later_purchase_grows_the_users_order_in_the_batch_or_after() {
+        let mut s = seeded(1);
+        s.insert(1, ItemState::goods(10, 4));
+        let d = s.decide_batch(
+            &[units(1, "a", 1), units(1, "a", 2)],
+            &HashMap::new(),
+            Uuid::new_v4,
+        );
+        assert_eq!(statuses(&d), [Status::Purchased, Status::Purchased]);
+        assert_eq!(d.answers[0].order_id, d.answers[1].order_id);
+        assert_eq!(d.new_orders.len(), 1);
+        assert_eq!(
+            d.new_orders[0].quantity, 3,
+            "one insert with both purchases"
+        );
+        assert_eq!(d.new_outcomes[1].quantity, 2);
+
+        let d = s.decide_batch(
+            &[units(1, "a", 1), units(1, "a", 1)],
+            &HashMap::new(),
+            Uuid::new_v4,
+        );
+        assert_eq!(statuses(&d), [Status::Purchased, Status::AlreadyPurchased]);
+        let order_id = d.answers[0].order_id.unwrap();
+        assert!(d.new_orders.is_empty());
+        assert_eq!(d.more_units, HashMap::from([(order_id, 1)]));
+        assert_eq!(d.sold[&1], 1);
+        assert_eq!(s.state(1).unwrap().stock_remaining, 6);
+    }
+
+    #[test]
+    fn refusal_names_quantities_no_request_may_ask() {
+        let goods = ItemState::goods(10, 2);
+        assert!(goods.refusal(1).is_none() && goods.refusal(2).is_none());
+        assert!(goods.refusal(0).unwrap().contains("quantity"));
+        assert!(goods.refusal(3).unwrap().contains("per_user_limit"));
+        let packet = ItemState::red_packet(100, 5);
+        assert!(packet.refusal(1).is_none());
+        assert!(packet.refusal(2).unwrap().contains("red packet"));
+    }
+
+    #[test]
+    fn a_red_packet_pays_out_exactly_its_total_one_share_per_user() {
+        let mut s = seeded(42);
+        s.insert(1, ItemState::red_packet(1000, 10));
+        let mut reqs: Vec<_> = (0..15).map(|i| request(1, &format!("u{i}"))).collect();
+        reqs.insert(3, request(1, "u0"));
+        let d = s.decide_batch(&reqs, &HashMap::new(), Uuid::new_v4);
+        let grabs: Vec<i64> = d.answers.iter().filter_map(|o| o.amount).collect();
+        assert_eq!(grabs.len(), 10);
+        assert!(grabs.iter().all(|a| *a > 0));
+        assert_eq!(grabs.iter().sum::<i64>(), 1000);
+        assert_eq!(d.spent[&1], 1000);
+        assert_eq!(d.answers[3].status, Status::AlreadyPurchased);
+        assert_eq!(
+            d.answers
+                .iter()
+                .filter(|o| o.status == Status::SoldOut)
+                .count(),
+            5
+        );
+        for (o, order) in d
+            .answers
+            .iter()
+            .filter(|o| o.status == Status::Purchased)
+            .zip(&d.new_orders)
+        {
+            assert_eq!(o.amount, order.amount);
+        }
+        let state = s.state(1).unwrap();
+        assert_eq!(
+            (state.stock_remaining, state.packet_remaining),
+            (0, Some(0))
+        );
+    }
+
+    #[test]
+    fn shares_are_drawn_from_the_injected_rng() {
+        let run = |seed| {
+            let mut s = seeded(seed);
+            s.insert(1, ItemState::red_packet(10_000, 20));
+            let reqs: Vec<_> = (0..20).map(|i| request(1, &format!("u{i}"))).collect();
+            let d = s.decide_batch(&reqs, &HashMap::new(), Uuid::new_v4);
+            d.answers
+                .iter()
+                .map(|o| o.amount.unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(run(5), run(5), "same seed, same shares");
+        assert_ne!(run(5), run(6));
+    }
+
+    #[test]
+    fn draw_share_stays_within_its_bounds() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..10_000 {
+            let shares = rng.random_range(1..50);
+            let remaining = rng.random_range(shares..shares * 100);
+            let share = draw_share(remaining, shares, &mut rng);
+            assert!(share >= 1, "{share}");
+            assert!(remaining - share >= shares - 1, "leaves 1 per later share");
+            if shares == 1 {
+                assert_eq!(share, remaining);
+            } else {
+                assert!(share <= (2 * remaining / shares - 1).max(1));
+            }
+        }
+        assert_eq!(draw_share(2, 2, &mut rng), 1);
+        assert_eq!(
+            draw_share(PACKET_TOTAL_MAX_FOR_TEST, 1, &mut rng),
+            PACKET_TOTAL_MAX_FOR_TEST
+        );
+    }
+
+    const PACKET_TOTAL_MAX_FOR_TEST: i64 = crate::domain::PACKET_TOTAL_MAX;
+
+    /// Random streams of batches with random quantities and limits, goods and red packets, where
+    /// some batches "fail to commit": their decisions are forgotten and the state reloaded from
+    /// what was committed, as the partition loop does. What was committed always holds: never
+    /// more units than stock, never more than the limit per user, a red packet's shares all > 0,
+    /// one per user, summing to at most the total and to exactly the total once all are taken.
+    #[test]
+    fn invariants_hold_for_random_batches_with_quantities_packets_and_redone_commits() {
+        use rand::{Rng, SeedableRng, rngs::StdRng};
+        let mut rng = StdRng::seed_from_u64(11);
+        for round in 0..300 {
+            let packet = round % 3 == 0;
+            let (initial, stock, limit, total) = if packet {
+                let shares = rng.random_range(1..20);
+                let total = rng.random_range(shares..shares * 50 + 1);
+                (ItemState::red_packet(total, shares), shares, 1, total)
+            } else {
+                let stock = rng.random_range(1..40);
+                let limit = rng.random_range(1..=stock.min(5));
+                (ItemState::goods(stock, limit), stock, limit, 0)
+            };
+            let users = rng.random_range(1..30);
+            let mut s = seeded(round);
+            s.insert(1, initial.clone());
+            let mut committed = initial;
+            // Per user: units and the amounts of their shares, as committed.
+            let mut held: HashMap<String, i64> = HashMap::new();
+            let mut shares: Vec<(String, i64)> = Vec::new();
+            let mut purchases: Vec<Outcome> = Vec::new();
+            for _ in 0..rng.random_range(1..8) {
+                let reqs: Vec<_> = (0..rng.random_range(0..40))
+                    .map(|_| {
+                        let q = if packet {
+                            1
+                        } else {
+                            rng.random_range(1..=limit)
+                        };
+                        units(1, &format!("u{}", rng.random_range(0..users)), q)
+                    })
+                    .collect();
+                let d = s.decide_batch(&reqs, &HashMap::new(), Uuid::new_v4);
+                assert_eq!(d.answers.len(), reqs.len());
+                if rng.random_bool(0.3) {
+                    // The commit failed: nothing of it counts; reload what was committed.
+                    s.forget([1]);
+                    s.insert(1, committed.clone());
+                    continue;
+                }
+                committed = s.state(1).unwrap().clone();
+                for (r, o) in reqs.iter().zip(&d.answers) {
+                    assert_eq!(o.order_id.is_some(), o.status == Status::Purchased);
+                    assert_eq!(o.amount.is_some(), packet && o.status == Status::Purchased);
+                    if o.status == Status::Purchased {
+                        *held.entry(r.user_id.clone()).or_insert(0) += r.quantity;
+                        purchases.push(*o);
+                        if let Some(a) = o.amount {
+                            shares.push((r.user_id.clone(), a));
+                        }
+                    }
+                }
+                let units_in_batch: i64 = d.new_orders.iter().map(|o| o.quantity).sum::<i64>()
+                    + d.more_units.values().sum::<i64>();
+                assert_eq!(units_in_batch, d.sold.get(&1).copied().unwrap_or(0));
+            }
+            let sold: i64 = held.values().sum();
+            assert!(sold <= stock, "oversold: {sold} of {stock}");
+            assert_eq!(committed.stock_remaining, stock - sold);
+            assert!(held.values().all(|u| *u <= limit), "over the limit");
+            for (user, units) in &held {
+                assert_eq!(committed.buyers[user].units, *units);
+            }
+            if packet {
+                let paid: i64 = shares.iter().map(|(_, a)| a).sum();
+                assert!(shares.iter().all(|(_, a)| *a > 0), "a zero share");
+                let grabbers: HashSet<_> = shares.iter().map(|(u, _)| u).collect();
+                assert_eq!(grabbers.len(), shares.len(), "one share per user");
+                assert!(paid <= total);
+                assert_eq!(committed.packet_remaining, Some(total - paid));
+                if committed.stock_remaining == 0 {
+                    assert_eq!(paid, total, "all shares taken: the total exactly");
+                }
             }
         }
     }

@@ -12,7 +12,7 @@
 
 use sqlx::PgPool;
 
-use super::{PathError, PurchasePath, decide_locked};
+use super::{LockedItem, PathError, PurchasePath, decide_locked};
 use crate::domain::{OrderRequest, Outcome};
 
 pub struct Advisory {
@@ -31,6 +31,10 @@ impl PurchasePath for Advisory {
         "advisory"
     }
 
+    fn sells_quantities(&self) -> bool {
+        true
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -38,18 +42,24 @@ impl PurchasePath for Advisory {
             .execute(&mut *tx)
             .await?;
         // Read after the lock was granted: this snapshot includes every earlier holder's sale.
-        let (stock, is_buyer): (i64, bool) = sqlx::query_as(
-            "SELECT stock_remaining,
-                    EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)
-             FROM items WHERE id = $1",
-        )
-        .bind(request.item_id)
-        .bind(&request.user_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(PathError::NoSuchItem)?;
+        let (stock, per_user_limit, order_id, units): (i64, i64, Option<uuid::Uuid>, Option<i64>) =
+            sqlx::query_as(
+                "SELECT i.stock_remaining, i.per_user_limit, o.id, o.quantity
+                 FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
+                 WHERE i.id = $1",
+            )
+            .bind(request.item_id)
+            .bind(&request.user_id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or(PathError::NoSuchItem)?;
 
-        let outcome = decide_locked(&mut tx, self.name(), request, stock, is_buyer).await?;
+        let item = LockedItem {
+            stock,
+            per_user_limit,
+            holding: order_id.zip(units),
+        };
+        let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)
     }

@@ -8,7 +8,8 @@
 //! What they share lives here, so that a path's file holds only its algorithm:
 //! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
 //!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
-//! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory).
+//! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory),
+//!   any quantity up to the item's per-user limit.
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
@@ -82,6 +83,13 @@ pub trait PurchasePath: Send + Sync {
     /// in `outcomes` (and the order, for a purchase) and returns it. Call it through [`decide`],
     /// which handles repeats of a request id.
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError>;
+
+    /// Whether it sells any quantity of goods up to the item's `per_user_limit`. A path that
+    /// does not is given only quantity 1 of items with a limit of 1 (the API refuses the rest):
+    /// its algorithm counts one order row as one unit. No path here sells red packets.
+    fn sells_quantities(&self) -> bool {
+        false
+    }
 }
 
 /// Why a path did not decide.
@@ -184,29 +192,49 @@ pub async fn decide(
     ))
 }
 
+/// What a locking path reads under the item's lock before deciding.
+#[derive(Debug, Clone, Copy)]
+pub struct LockedItem {
+    pub stock: i64,
+    pub per_user_limit: i64,
+    /// The user's order and the units it holds, if the user bought before.
+    pub holding: Option<(Uuid, i64)>,
+}
+
 /// The decision a locking path makes once it holds the item's lock and has read, under it, the
-/// stock and whether the user already bought: buyer check first, then stock; the order, the
-/// decrement and the outcome are written in the caller's transaction, which keeps the lock until
-/// it commits.
+/// stock, the limit and what the user holds: limit check first, then stock; the order (new, or
+/// the user's grown), the decrement and the outcome are written in the caller's transaction,
+/// which keeps the lock until it commits.
 pub async fn decide_locked(
     tx: &mut sqlx::PgConnection,
     path: &'static str,
     request: &OrderRequest,
-    stock: i64,
-    is_buyer: bool,
+    item: LockedItem,
 ) -> Result<Outcome, PathError> {
-    if is_buyer {
+    let held = item.holding.map_or(0, |(_, units)| units);
+    if held + request.quantity > item.per_user_limit {
         return record_outcome(&mut *tx, path, request, Status::AlreadyPurchased, None).await;
     }
-    if stock == 0 {
+    if request.quantity > item.stock {
         return record_outcome(&mut *tx, path, request, Status::SoldOut, None).await;
     }
-    // A conflict is impossible under the lock unless another path sold meanwhile.
-    let order_id = insert_order(&mut *tx, request)
-        .await?
-        .ok_or(PathError::AlreadyDecided)?;
-    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
+    let order_id = match item.holding {
+        Some((order_id, _)) => {
+            sqlx::query("UPDATE orders SET quantity = quantity + $2 WHERE id = $1")
+                .bind(order_id)
+                .bind(request.quantity)
+                .execute(&mut *tx)
+                .await?;
+            order_id
+        }
+        // A conflict is impossible under the lock unless another path sold meanwhile.
+        None => insert_holding(&mut *tx, request, item.per_user_limit)
+            .await?
+            .ok_or(PathError::AlreadyDecided)?,
+    };
+    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - $2 WHERE id = $1")
         .bind(request.item_id)
+        .bind(request.quantity)
         .execute(&mut *tx)
         .await?;
     record_outcome(&mut *tx, path, request, Status::Purchased, Some(order_id)).await
@@ -218,15 +246,28 @@ pub async fn insert_order<'e>(
     executor: impl PgExecutor<'e>,
     request: &OrderRequest,
 ) -> Result<Option<Uuid>, PathError> {
+    insert_holding(executor, request, 1).await
+}
+
+/// [`insert_order`] of the request's quantity, for an item whose limit is `per_user_limit` (the
+/// database checks both).
+pub async fn insert_holding<'e>(
+    executor: impl PgExecutor<'e>,
+    request: &OrderRequest,
+    per_user_limit: i64,
+) -> Result<Option<Uuid>, PathError> {
     let order_id = Uuid::new_v4();
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, item_id, user_id, request_id) VALUES ($1, $2, $3, $4)
+        "INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit)
+         VALUES ($1, $2, $3, $4, $5, $6)
          ON CONFLICT ON CONSTRAINT orders_one_per_user DO NOTHING",
     )
     .bind(order_id)
     .bind(request.item_id)
     .bind(&request.user_id)
     .bind(request.request_id)
+    .bind(request.quantity)
+    .bind(per_user_limit)
     .execute(executor)
     .await?;
     Ok((inserted.rows_affected() == 1).then_some(order_id))
@@ -243,8 +284,8 @@ pub async fn record_outcome<'e>(
 ) -> Result<Outcome, PathError> {
     debug_assert_eq!(status == Status::Purchased, order_id.is_some());
     let inserted = sqlx::query(
-        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path)
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (request_id) DO NOTHING",
+        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(request.request_id)
     .bind(request.item_id)
@@ -252,6 +293,7 @@ pub async fn record_outcome<'e>(
     .bind(status.as_str())
     .bind(order_id)
     .bind(path)
+    .bind(request.quantity)
     .execute(executor)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -261,6 +303,7 @@ pub async fn record_outcome<'e>(
         request_id: request.request_id,
         status,
         order_id,
+        amount: None,
     })
 }
 
@@ -293,6 +336,7 @@ pub async fn record_repeat_buyer(
         request_id: request.request_id,
         status: Status::AlreadyPurchased,
         order_id: None,
+        amount: None,
     })
 }
 

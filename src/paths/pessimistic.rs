@@ -9,7 +9,7 @@
 
 use sqlx::PgPool;
 
-use super::{PathError, PurchasePath, decide_locked};
+use super::{LockedItem, PathError, PurchasePath, decide_locked};
 use crate::domain::{OrderRequest, Outcome};
 
 pub struct Pessimistic {
@@ -28,25 +28,34 @@ impl PurchasePath for Pessimistic {
         "pessimistic"
     }
 
+    fn sells_quantities(&self) -> bool {
+        true
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut tx = self.pool.begin().await?;
-        let stock: i64 =
-            sqlx::query_scalar("SELECT stock_remaining FROM items WHERE id = $1 FOR UPDATE")
-                .bind(request.item_id)
-                .fetch_optional(&mut *tx)
-                .await?
-                .ok_or(PathError::NoSuchItem)?;
-        // A statement of its own, so its snapshot is taken after the lock was granted and
-        // includes the orders of every transaction that held it before.
-        let is_buyer: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)",
+        let (stock, per_user_limit): (i64, i64) = sqlx::query_as(
+            "SELECT stock_remaining, per_user_limit FROM items WHERE id = $1 FOR UPDATE",
         )
         .bind(request.item_id)
-        .bind(&request.user_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(PathError::NoSuchItem)?;
+        // A statement of its own, so its snapshot is taken after the lock was granted and
+        // includes the orders of every transaction that held it before.
+        let holding: Option<(uuid::Uuid, i64)> =
+            sqlx::query_as("SELECT id, quantity FROM orders WHERE item_id = $1 AND user_id = $2")
+                .bind(request.item_id)
+                .bind(&request.user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
 
-        let outcome = decide_locked(&mut tx, self.name(), request, stock, is_buyer).await?;
+        let item = LockedItem {
+            stock,
+            per_user_limit,
+            holding,
+        };
+        let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)
     }

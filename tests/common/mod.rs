@@ -393,6 +393,7 @@ pub fn requests(item_id: i64, count: usize, users: usize) -> Vec<seckill::domain
             request_id: Uuid::new_v4(),
             item_id,
             user_id: format!("user-{}", i % users),
+            quantity: 1,
         })
         .collect()
 }
