@@ -14,6 +14,11 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{TestApi, TestEnv, free_port_addr, requests, scrape, wait_for_log};
+
+/// These tests follow every request through the broker and the consumer while something fails;
+/// answering `sold_out` at the door once an item sells out would skip exactly that road, so the
+/// API daemons they start do not shed (tests/shedding.rs covers the door).
+const NO_SHEDDING: (&str, &str) = ("SECKILL_SOLD_OUT_TTL_MS", "0");
 use lapin::options::BasicPublishOptions;
 use nix::sys::signal::Signal;
 use seckill::domain::OrderRequest;
@@ -259,7 +264,7 @@ async fn broker_connections_killed_mid_load_reconnect_and_lose_nothing() {
     let env = TestEnv::new().await;
     let stock = 300;
     let item = env.create_item(stock).await;
-    let api_daemon = env.spawn_serve("api", &[], &[]).await;
+    let api_daemon = env.spawn_serve("api", &[], &[NO_SHEDDING]).await;
     let consumer_metrics = free_port_addr();
     let consumer = env.spawn_consume("consumer", &[("SECKILL_METRICS_BIND", &consumer_metrics)]);
     let api = env.client_of(&api_daemon);
@@ -324,7 +329,7 @@ async fn broker_restart_keeps_accepted_requests() {
     let env = TestEnv::new().await;
     let stock = 100;
     let item = env.create_item(stock).await;
-    let api_daemon = env.spawn_serve("api", &[], &[]).await;
+    let api_daemon = env.spawn_serve("api", &[], &[NO_SHEDDING]).await;
     let consumer = env.spawn_consume("consumer", &[]);
     let api = env.client_of(&api_daemon);
 
@@ -388,7 +393,7 @@ async fn database_backends_killed_repeatedly_lose_nothing() {
     let env = TestEnv::new().await;
     let stock = 300;
     let item = env.create_item(stock).await;
-    let api_daemon = env.spawn_serve("api", &[], &[]).await;
+    let api_daemon = env.spawn_serve("api", &[], &[NO_SHEDDING]).await;
     let consumer = env.spawn_consume("consumer", &[]);
     let api = env.client_of(&api_daemon);
     let all = requests(item, 3000, 1000);
@@ -446,7 +451,7 @@ async fn postgres_stopped_nothing_is_decided_until_it_is_back() {
     let env = TestEnv::new().await;
     let stock = 50;
     let item = env.create_item(stock).await;
-    let api_daemon = env.spawn_serve("api", &[], &[]).await;
+    let api_daemon = env.spawn_serve("api", &[], &[NO_SHEDDING]).await;
     let consumer = env.spawn_consume("consumer", &[]);
     let api = env.client_of(&api_daemon);
     let before = requests(item, 100, 80);
@@ -650,7 +655,7 @@ async fn sigterm_to_serve_finishes_requests_in_flight_and_exits_0() {
     let env = TestEnv::new().await;
     let item = env.create_item(10).await;
     // No consumer: a client asking ?wait= stays in flight until the server ends its wait.
-    let mut api_daemon = env.spawn_serve("api", &[], &[]).await;
+    let mut api_daemon = env.spawn_serve("api", &[], &[NO_SHEDDING]).await;
     let api = env.client_of(&api_daemon);
     let waiting = requests(item, 20, 20);
     let in_flight: Vec<_> = waiting
@@ -721,7 +726,10 @@ async fn a_flood_past_the_bound_is_shed_and_memory_stays_bounded() {
         .spawn_serve(
             "api",
             &["--with-consumer"],
-            &[("SECKILL_HTTP_IN_FLIGHT_MAX", &IN_FLIGHT_MAX.to_string())],
+            &[
+                ("SECKILL_HTTP_IN_FLIGHT_MAX", &IN_FLIGHT_MAX.to_string()),
+                NO_SHEDDING,
+            ],
         )
         .await;
     let api = env.client_of(&daemon);
