@@ -171,31 +171,16 @@ async fn a_restock_reopens_a_sold_out_item_for_the_api_and_the_consumer() {
 async fn restock_refuses_bad_input_and_strangers() {
     let env = TestEnv::new().await;
     let api = env.start_api(Some("s3cret")).await;
-    let created: Value = api
-        .http
-        .post(format!("{}/items", api.base))
-        .bearer_auth("s3cret")
-        .json(&json!({ "name": "x", "stock": 1 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, created) = api
+        .post_as("s3cret", "/items", json!({ "name": "x", "stock": 1 }))
+        .await;
+    assert_eq!(code, 201, "{created}");
     let item = created["id"].as_i64().expect("item created");
     let restock = |token: &'static str, id: i64, body: Value| {
         let api = &api;
         async move {
-            let response = api
-                .http
-                .post(format!("{}/items/{id}/restock", api.base))
-                .bearer_auth(token)
-                .json(&body)
-                .send()
+            api.post_as(token, &format!("/items/{id}/restock"), body)
                 .await
-                .unwrap();
-            let code = response.status().as_u16();
-            (code, response.json::<Value>().await.unwrap_or(Value::Null))
         }
     };
     assert_eq!(restock("wrong", item, json!({ "units": 1 })).await.0, 401);
@@ -222,17 +207,14 @@ async fn restock_refuses_bad_input_and_strangers() {
             .0,
         404
     );
-    let packet: Value = api
-        .http
-        .post(format!("{}/items", api.base))
-        .bearer_auth("s3cret")
-        .json(&json!({ "name": "p", "kind": "red_packet", "total_amount": 100, "shares": 3 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (code, packet) = api
+        .post_as(
+            "s3cret",
+            "/items",
+            json!({ "name": "p", "kind": "red_packet", "total_amount": 100, "shares": 3 }),
+        )
+        .await;
+    assert_eq!(code, 201, "{packet}");
     let packet = packet["id"].as_i64().expect("red packet created");
     let (code, body) = restock("s3cret", packet, json!({ "units": 1 })).await;
     assert_eq!(code, 422, "{body}");

@@ -348,6 +348,19 @@ impl TestApi {
         split(response).await
     }
 
+    /// `post` with `Authorization: Bearer <token>` (admin endpoints).
+    pub async fn post_as(&self, token: &str, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("request");
+        split(response).await
+    }
+
     pub async fn post_raw(&self, path: &str, content_type: &str, body: Vec<u8>) -> (u16, Value) {
         let response = self
             .http
