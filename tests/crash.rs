@@ -126,14 +126,29 @@ async fn standby_takes_over_when_the_active_daemon_dies() {
         !status.success(),
         "the active daemon aborted at its failpoint"
     );
-    let decided_by_active = env.outcome_count(item).await;
+    // What the active daemon decided: everything committed before the standby took the
+    // partition's epoch (taking it waits for the active's commit in flight). Counted this way,
+    // not by what is stored when the active's exit is seen: the standby may be done by then.
+    assert_settled(&env, item, total as i64, stock).await;
+    let decided_by_active: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outcomes
+         WHERE item_id = $1
+           AND decided_at < (SELECT taken_at FROM partition_epochs WHERE queue = $2)",
+    )
+    .bind(item)
+    .bind(
+        env.topology
+            .partition_queue(env.topology.partition_of(item)),
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
     assert!(
         decided_by_active > 0,
         "the first daemon was the one deciding"
     );
     assert!(decided_by_active < total as i64, "it died mid-work");
 
-    assert_settled(&env, item, total as i64, stock).await;
     let paths: Vec<String> = sqlx::query_scalar("SELECT DISTINCT path FROM outcomes")
         .fetch_all(&env.pool)
         .await
