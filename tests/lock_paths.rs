@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestEnv, run_concurrently};
+use common::{TestEnv, request, run_concurrently};
 use serde_json::{Value, json};
 use tokio::sync::{Barrier, Notify};
 use uuid::Uuid;
 
-use seckill::domain::{ItemId, OrderRequest, Status};
+use seckill::domain::{ItemId, Status};
 use seckill::paths::redis_lock::RedisLock;
 use seckill::paths::redis_store::RedisStore;
 use seckill::paths::{self, PathError, Pause, Registry};
@@ -27,15 +27,6 @@ const USERS: usize = 400;
 const REQUESTS: usize = 1200;
 /// HTTP requests in flight at once.
 const IN_FLIGHT: usize = 150;
-
-fn request(item_id: ItemId, user: &str) -> OrderRequest {
-    OrderRequest {
-        request_id: Uuid::new_v4(),
-        item_id,
-        user_id: user.to_string(),
-        quantity: 1,
-    }
-}
 
 /// Sends `REQUESTS` requests for one item of `STOCK` units through `path` over HTTP, each user's
 /// requests side by side so they are in flight together, and checks what every sound path

@@ -10,18 +10,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Daemon, TestEnv, free_port_addr, scrape};
+use common::{Daemon, TestEnv, free_port_addr, request, scrape};
 use seckill::domain::{OrderRequest, Status};
-use uuid::Uuid;
-
-fn request(item_id: i64, user: &str) -> OrderRequest {
-    OrderRequest {
-        request_id: Uuid::new_v4(),
-        item_id,
-        user_id: user.to_string(),
-        quantity: 1,
-    }
-}
 
 async fn status_of(env: &TestEnv, request: &OrderRequest) -> Status {
     let text: String = sqlx::query_scalar("SELECT status FROM outcomes WHERE request_id = $1")

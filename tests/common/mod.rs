@@ -402,13 +402,18 @@ async fn split(response: reqwest::Response) -> (u16, Value) {
 /// `count` fresh requests for one item from `users` buyers in turn (`user-0`, `user-1`, …).
 pub fn requests(item_id: i64, count: usize, users: usize) -> Vec<seckill::domain::OrderRequest> {
     (0..count)
-        .map(|i| seckill::domain::OrderRequest {
-            request_id: Uuid::new_v4(),
-            item_id,
-            user_id: format!("user-{}", i % users),
-            quantity: 1,
-        })
+        .map(|i| request(item_id, &format!("user-{}", i % users)))
         .collect()
+}
+
+/// A fresh request for one unit of an item.
+pub fn request(item_id: i64, user: &str) -> seckill::domain::OrderRequest {
+    seckill::domain::OrderRequest {
+        request_id: Uuid::new_v4(),
+        item_id,
+        user_id: user.to_string(),
+        quantity: 1,
+    }
 }
 
 /// Drains a stream-like list of futures with bounded concurrency.
