@@ -110,6 +110,24 @@ pub struct ConsumerArgs {
 }
 
 impl ConsumerArgs {
+    /// Refuses settings that cannot work together.
+    pub fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.prefetch >= self.batch_size_max,
+            "prefetch ({}) must be at least the batch size ({}), or batches can never fill",
+            self.prefetch,
+            self.batch_size_max
+        );
+        anyhow::ensure!(
+            self.lease_ttl_ms >= 2 * self.lease_heartbeat_ms,
+            "the lease TTL ({} ms) must be at least twice the heartbeat ({} ms), or one late \
+             heartbeat makes a live daemon look gone",
+            self.lease_ttl_ms,
+            self.lease_heartbeat_ms
+        );
+        Ok(())
+    }
+
     pub fn batch_linger(&self) -> Duration {
         Duration::from_millis(self.batch_linger_ms)
     }
@@ -189,6 +207,34 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
+    /// An API on a free loopback port, without admin token, with the default bounds and sold-out
+    /// shedding (a demo's or a test's).
+    pub fn loopback() -> Self {
+        Self {
+            bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin_token: None,
+            allow_public_without_token: false,
+            sold_out_ttl_ms: 5000,
+            limits: ApiLimits::default(),
+        }
+    }
+
+    /// Refuses to listen beyond loopback without an admin token (anyone could create items),
+    /// unless the operator said so.
+    pub fn check_exposure(&self) -> anyhow::Result<()> {
+        if !self.bind.ip().is_loopback()
+            && self.admin_token.is_none()
+            && !self.allow_public_without_token
+        {
+            anyhow::bail!(
+                "refusing to listen on {} without SECKILL_ADMIN_TOKEN (anyone could create items); \
+                 set a token or pass --allow-public-without-token",
+                self.bind
+            );
+        }
+        Ok(())
+    }
+
     /// How long a sold-out mark lasts; `None` when shedding is off.
     pub fn sold_out_ttl(&self) -> Option<Duration> {
         (self.sold_out_ttl_ms > 0).then(|| Duration::from_millis(self.sold_out_ttl_ms))

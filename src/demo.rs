@@ -3,7 +3,6 @@
 //! then the audited result. It is the README's first command until `seckill bench` exists.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -12,12 +11,9 @@ use serde_json::json;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
+use crate::app::{App, Settings};
 use crate::audit;
-use crate::broker::{publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs, PathArgs};
-use crate::consumer;
-use crate::paths::Registry;
+use crate::config::{BrokerArgs, ConsumerArgs, PathArgs, ServeArgs};
 
 #[derive(Debug, Clone, Args)]
 pub struct DemoArgs {
@@ -42,22 +38,14 @@ pub async fn run(
     consumer_args: ConsumerArgs,
     args: DemoArgs,
 ) -> anyhow::Result<bool> {
-    let shutdown = CancellationToken::new();
-    let consumer_task = tokio::spawn(consumer::run(
-        pool.clone(),
-        broker.clone(),
-        consumer_args,
-        shutdown.clone(),
-    ));
-    let publisher = Arc::new(Publisher::connect(&broker.amqp_url, Topology::new(&broker)).await?);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let paths = Registry::new(pool.clone(), &PathArgs::from_env()?)?;
-    let server = tokio::spawn(api::serve(
-        listener,
-        AppState::new(pool.clone(), publisher, paths, None),
-        shutdown.clone(),
-    ));
+    let settings = Settings {
+        broker,
+        api: Some((ServeArgs::loopback(), PathArgs::from_env()?)),
+        consumer: Some(consumer_args),
+        metrics_bind: None,
+    };
+    let app = App::start(pool.clone(), settings, CancellationToken::new()).await?;
+    let base = app.api_url().expect("the demo runs an API");
 
     let http = reqwest::Client::new();
     let item: serde_json::Value = http
@@ -122,8 +110,6 @@ pub async fn run(
     };
     println!("{report}");
 
-    shutdown.cancel();
-    server.await??;
-    consumer_task.await??;
+    app.stop().await?;
     Ok(report.is_clean())
 }

@@ -34,11 +34,13 @@
 //! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod api;
+pub mod app;
 pub mod audit;
 pub mod backoff;
 pub mod batcher;
 pub mod bench;
 pub mod broker;
+pub mod cli;
 pub mod config;
 pub mod consumer;
 pub mod demo;

@@ -78,24 +78,9 @@ pub struct Shedder {
 }
 
 impl Shedder {
-    /// Starts listening to the item announcements (until `shutdown`) and the answer writer.
-    pub fn start(
-        pool: PgPool,
-        amqp_url: String,
-        topology: Topology,
-        ttl: Duration,
-        shutdown: CancellationToken,
-    ) -> Arc<Self> {
-        let board = Arc::new(SoldOutBoard::new(ttl));
-        let listening = Arc::clone(&board);
-        let name = format!("seckill-api-events {}", topology.item_events_exchange());
-        tokio::spawn(item_events::listen(
-            amqp_url,
-            topology,
-            name,
-            move |heard| listening.hear(heard, Instant::now()),
-            shutdown,
-        ));
+    /// A shedder whose marks last `ttl`, with its answer writer started. It hears nothing until
+    /// [`Shedder::listen`] runs.
+    pub fn new(pool: PgPool, ttl: Duration) -> Arc<Self> {
         let answers = Batcher::start(
             "sold-out answers",
             BATCH_SIZE_MAX,
@@ -109,7 +94,29 @@ impl Shedder {
                 }
             },
         );
-        Arc::new(Self { board, answers })
+        Arc::new(Self {
+            board: Arc::new(SoldOutBoard::new(ttl)),
+            answers,
+        })
+    }
+
+    /// Listens to the item announcements until `shutdown`, reconnecting as needed: the task the
+    /// caller runs beside the API.
+    pub fn listen(
+        &self,
+        amqp_url: &str,
+        topology: Topology,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let board = Arc::clone(&self.board);
+        let name = format!("seckill-api-events {}", topology.item_events_exchange());
+        item_events::listen(
+            amqp_url.to_owned(),
+            topology,
+            name,
+            move |heard| board.hear(heard, Instant::now()),
+            shutdown,
+        )
     }
 
     /// Forgets the item's mark (this instance restocked it: it need not wait for the echo).

@@ -52,7 +52,7 @@ async fn poison_messages_are_dead_lettered_and_the_partition_goes_on() {
     let good: Vec<_> = ["a", "b", "c", "d"].iter().map(|u| valid(u)).collect();
     env.publish_direct(&good).await;
 
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     env.wait_for_outcomes(item, 4, Duration::from_secs(20))
         .await;
     let report = env.assert_audit_clean(item).await;

@@ -699,7 +699,7 @@ async fn sigterm_to_serve_finishes_requests_in_flight_and_exits_0() {
     );
 
     // Those requests were accepted: a consumer decides them.
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     assert_each_decided_once(&env, item, &waiting, 10).await;
     consumer.cancel();
     env.cleanup().await;

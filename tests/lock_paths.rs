@@ -416,17 +416,12 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
     let env = TestEnv::new().await;
     let mut args = env.path_args();
     args.redis.redis_url = "redis://127.0.0.1:1".into();
-    let registry = Registry::new(env.pool.clone(), &args).unwrap();
-    let publisher = Arc::new(
-        seckill::broker::publisher::Publisher::connect(&env.broker.amqp_url, env.topology.clone())
-            .await
-            .unwrap(),
-    );
-    let state = seckill::api::AppState::new(env.pool.clone(), publisher, registry, None);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(seckill::api::serve(listener, state, shutdown.clone()));
+    let serve = seckill::config::ServeArgs {
+        sold_out_ttl_ms: 0,
+        ..seckill::config::ServeArgs::loopback()
+    };
+    let api = env.start_api_configured(serve, args).await;
+    let base = api.base.clone();
     let http = reqwest::Client::new();
 
     let item: Value = http
@@ -482,7 +477,7 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
     );
     assert!(started.elapsed() < Duration::from_secs(5));
 
-    shutdown.cancel();
+    api.shutdown.cancel();
     env.cleanup().await;
 }
 

@@ -86,7 +86,7 @@ async fn a_full_partition_queue_refuses_new_requests_and_keeps_the_earliest() {
         );
     }
 
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     env.wait_for_outcomes(item, i64::from(QUEUE_LENGTH_MAX), Duration::from_secs(60))
         .await;
     let decided: Vec<Uuid> = sqlx::query_scalar("SELECT request_id FROM outcomes ORDER BY 1")
@@ -163,7 +163,7 @@ async fn waiting_clients_are_bounded() {
         assert!(Instant::now() < deadline, "{metrics:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let mut statuses: Vec<u16> = Vec::new();
     for client in clients {
         let (status, body) = client.await.unwrap();

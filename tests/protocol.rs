@@ -17,7 +17,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_raw_amqp_producer_following_the_protocol_gets_its_decisions() {
     let env = TestEnv::new().await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let item = env.create_item(2).await;
     let prefix = &env.broker.queue_prefix;
 

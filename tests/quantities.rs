@@ -38,7 +38,7 @@ async fn shares(env: &TestEnv, item: i64) -> Vec<(String, i64)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_buyers_with_quantities_never_pass_the_stock_or_the_limit() {
     let env = TestEnv::new().await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let api = env.start_api(None).await;
     let (status, item) = api
         .post(
@@ -132,7 +132,7 @@ async fn concurrent_buyers_with_quantities_never_pass_the_stock_or_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_red_packet_grabbed_by_more_users_than_shares_pays_out_exactly_its_total() {
     let env = TestEnv::new().await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let api = env.start_api(None).await;
     let (status, packet) = api
         .post(
@@ -576,7 +576,7 @@ async fn a_quantity_the_item_forbids_is_dead_lettered_from_the_broker() {
     };
     env.publish_direct(&[request("a", 3), request("b", 2)])
         .await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     env.wait_for_outcomes(goods, 1, Duration::from_secs(30))
         .await;
     let mut reason = None;

@@ -14,7 +14,7 @@ use uuid::Uuid;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_thousand_concurrent_orders_sell_exactly_the_stock() {
     let env = TestEnv::new().await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let api = env.start_api(None).await;
     let item = api.create_item(100).await;
 
@@ -96,7 +96,7 @@ async fn two_thousand_concurrent_orders_sell_exactly_the_stock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_repeated_request_id_is_the_same_request() {
     let env = TestEnv::new().await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let api = env.start_api(None).await;
     let item = api.create_item(10).await;
     let request_id = Uuid::new_v4();
@@ -161,7 +161,7 @@ async fn order_status_goes_from_pending_to_decided() {
     let (status, _) = api.get(&format!("/orders/{}", Uuid::new_v4())).await;
     assert_eq!(status, 404);
 
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     env.wait_for_outcomes(item, 1, Duration::from_secs(10))
         .await;
     let (status, body) = api.get(&format!("/orders/{id}")).await;

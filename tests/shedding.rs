@@ -33,7 +33,7 @@ async fn total_queue_depth(env: &TestEnv) -> u32 {
 async fn once_sold_out_requests_are_answered_at_the_door_without_publishing() {
     let env = TestEnv::new().await;
     let api = env.start_api_shedding(TTL).await;
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let item = api.create_item(3).await;
     let mut bought = Vec::new();
     for user in ["a", "b", "c"] {
@@ -113,7 +113,7 @@ async fn once_sold_out_requests_are_answered_at_the_door_without_publishing() {
     assert_eq!(&body["order_id"], first_order);
 
     // The probes published before the announcement arrived are decided once a consumer runs.
-    let consumer = env.start_consumer();
+    let consumer = env.start_consumer().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while total_queue_depth(&env).await > 0 {
         assert!(

@@ -14,7 +14,7 @@
 //! | `GET /metrics` | the process's metrics, Prometheus text format (see [`crate::metrics`]) |
 //!
 //! Once the consumer announces an item sold out, `POST /orders` answers `sold_out` for it at
-//! once without publishing ([`crate::shedding`], when enabled with [`AppState::with_shedding`]).
+//! once without publishing ([`crate::shedding`], when the API has a shedder).
 //!
 //! Bounds ([`ApiLimits`]): past `http_in_flight_max` requests in flight the API sheds load (503
 //! at once); past `reply_waiters_max` waiting clients, `?wait=` answers 202 without waiting.
@@ -67,7 +67,6 @@ impl std::ops::Deref for AppState {
     }
 }
 
-#[derive(Clone)]
 pub struct Shared {
     pub pool: PgPool,
     pub publisher: Arc<Publisher>,
@@ -95,49 +94,45 @@ pub struct Shared {
     shutdown: CancellationToken,
 }
 
+/// What an API is made of: built once, by the composition root ([`crate::app`]).
+pub struct Parts {
+    pub pool: PgPool,
+    pub publisher: Arc<Publisher>,
+    pub paths: Registry,
+    pub admin_token: Option<String>,
+    pub limits: ApiLimits,
+    /// `None`: every request of the queue path goes to the decider.
+    pub shedder: Option<Arc<Shedder>>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+}
+
 impl AppState {
-    /// An API over these services, with the default [`ApiLimits`] (see [`AppState::with_limits`]).
-    /// Building it cannot fail: everything that can (connecting, parsing settings) happened
-    /// before, in the caller. Call it inside the tokio runtime (it starts the request-log writer).
-    pub fn new(
-        pool: PgPool,
-        publisher: Arc<Publisher>,
-        paths: Registry,
-        admin_token: Option<String>,
-    ) -> Self {
-        let limits = ApiLimits::default();
+    /// An API over these parts. Building it cannot fail: everything that can (connecting,
+    /// parsing settings) happened before, in the caller. Call it inside the tokio runtime (it
+    /// starts the request-log writer).
+    pub fn new(parts: Parts) -> Self {
+        let Parts {
+            pool,
+            publisher,
+            paths,
+            admin_token,
+            limits,
+            shedder,
+            shutdown,
+        } = parts;
         Self(Arc::new(Shared {
             accepted: AcceptedLog::start(pool.clone()),
             paths: Arc::new(paths),
             pool,
             publisher,
             admin_token,
-            shedder: None,
+            shedder,
             known_items: Arc::default(),
             in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
             in_flight_max: limits.http_in_flight_max,
             reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
-            shutdown: CancellationToken::new(),
-        }))
-    }
-
-    /// Replaces the overload bounds.
-    pub fn with_limits(self, limits: ApiLimits) -> Self {
-        let shared = Arc::unwrap_or_clone(self.0);
-        Self(Arc::new(Shared {
-            in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),
-            in_flight_max: limits.http_in_flight_max,
-            reply_waiters: Arc::new(Semaphore::new(limits.reply_waiters_max as usize)),
-            ..shared
-        }))
-    }
-
-    /// Answers requests for items announced sold out at the door (see [`crate::shedding`]).
-    pub fn with_shedding(self, shedder: Arc<Shedder>) -> Self {
-        let shared = Arc::unwrap_or_clone(self.0);
-        Self(Arc::new(Shared {
-            shedder: Some(shedder),
-            ..shared
+            shutdown,
         }))
     }
 
@@ -262,18 +257,11 @@ async fn healthz(State(state): State<AppState>) -> (StatusCode, axum::Json<serde
     )
 }
 
-/// Serves the API on `listener` until `shutdown` is cancelled: then it stops accepting
-/// connections, clients waiting for a decision are answered at once (`202 pending`), and every
-/// request in flight finishes before this returns.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    state: AppState,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let state = AppState(Arc::new(Shared {
-        shutdown: shutdown.clone(),
-        ..Arc::unwrap_or_clone(state.0)
-    }));
+/// Serves the API on `listener` until the state's shutdown token is cancelled: then it stops
+/// accepting connections, clients waiting for a decision are answered at once (`202 pending`),
+/// and every request in flight finishes before this returns.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState) -> std::io::Result<()> {
+    let shutdown = state.shutdown.clone();
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             shutdown.cancelled().await;

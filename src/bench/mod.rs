@@ -25,11 +25,10 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::api::{self, AppState};
+use crate::app::{App, Settings};
 use crate::audit;
 use crate::broker::{publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs};
-use crate::consumer;
+use crate::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, ServeArgs};
 use crate::domain::OrderRequest;
 use crate::paths::{self, Registry};
 use crate::shedding::Shedder;
@@ -40,8 +39,9 @@ use stats::{Latency, Recorder};
 /// the decider. Beside `queue`, it shows what answering `sold_out` at the door saves.
 pub const QUEUE_NO_SHED: &str = "queue-no-shed";
 
-/// How long the bench's API keeps an item announced sold out (the `serve` default).
-const SOLD_OUT_TTL: Duration = Duration::from_secs(5);
+/// How long, in milliseconds, the bench's API keeps an item announced sold out (the `serve`
+/// default).
+const SOLD_OUT_TTL_MS: u64 = 5000;
 
 /// Every path, in report order: `queue` (seckill's own) first, then the same without sold-out
 /// shedding, the unsafe `naive` last.
@@ -238,9 +238,58 @@ struct Bench {
     /// Sold-out shedding for `--via direct` (the HTTP API has its own).
     shedder: Option<Arc<Shedder>>,
     /// The lock-based paths, for `--via direct`.
-    registry: Option<Registry>,
+    registry: Option<Arc<Registry>>,
     via: Via,
     concurrency: usize,
+}
+
+/// The system under test, in this process: an API with sold-out shedding and the consumer, and
+/// a second API without shedding for `queue-no-shed` (both publish to the same partitions).
+struct Stack {
+    app: App,
+    no_shed: App,
+}
+
+impl Stack {
+    async fn start(
+        pool: &PgPool,
+        broker: &BrokerArgs,
+        consumer: &ConsumerArgs,
+        paths: &PathArgs,
+    ) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let api = ServeArgs {
+            sold_out_ttl_ms: SOLD_OUT_TTL_MS,
+            ..ServeArgs::loopback()
+        };
+        let settings = Settings {
+            broker: broker.clone(),
+            api: Some((api.clone(), paths.clone())),
+            consumer: Some(consumer.clone()),
+            metrics_bind: None,
+        };
+        let app = App::start(pool.clone(), settings, shutdown.clone()).await?;
+        let no_shed = Settings {
+            broker: broker.clone(),
+            api: Some((
+                ServeArgs {
+                    sold_out_ttl_ms: 0,
+                    ..api
+                },
+                paths.clone(),
+            )),
+            consumer: None,
+            metrics_bind: None,
+        };
+        let no_shed = App::start(pool.clone(), no_shed, shutdown).await?;
+        Ok(Self { app, no_shed })
+    }
+
+    /// Stops both, surfacing an error either met while the bench ran.
+    async fn stop(self) -> anyhow::Result<()> {
+        let (app, no_shed) = tokio::join!(self.app.stop(), self.no_shed.stop());
+        app.and(no_shed)
+    }
 }
 
 /// Runs the benchmark; returns the results (also written to `--out`).
@@ -266,54 +315,23 @@ pub async fn run(
         path_args.redis.redis_prefix = format!("{}-bench-{tag}", path_args.redis.redis_prefix);
     }
     let topology = Topology::new(&broker);
-    let shutdown = CancellationToken::new();
-    let mut publisher = None;
-    let mut shedder = None;
-    let mut no_shed_url = None;
-    let base_url = match &args.url {
-        Some(url) => url.trim_end_matches('/').to_string(),
-        None => {
-            tokio::spawn(consumer::run(
-                pool.clone(),
-                broker.clone(),
-                consumer_args.clone(),
-                shutdown.clone(),
-            ));
-            let p = Arc::new(Publisher::connect(&broker.amqp_url, topology.clone()).await?);
-            publisher = Some(Arc::clone(&p));
-            let shedding = Shedder::start(
-                pool.clone(),
-                broker.amqp_url.clone(),
-                topology.clone(),
-                SOLD_OUT_TTL,
-                shutdown.clone(),
-            );
-            shedder = Some(Arc::clone(&shedding));
-            let state = AppState::new(
-                pool.clone(),
-                p,
-                Registry::new(pool.clone(), &path_args)?,
-                None,
-            );
-            let no_shed = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            no_shed_url = Some(format!("http://{}", no_shed.local_addr()?));
-            tokio::spawn(api::serve(no_shed, state.clone(), shutdown.clone()));
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let url = format!("http://{}", listener.local_addr()?);
-            tokio::spawn(api::serve(
-                listener,
-                state.with_shedding(shedding),
-                shutdown.clone(),
-            ));
-            url
-        }
+    let stack = match &args.url {
+        Some(_) => None,
+        None => Some(Stack::start(&pool, &broker, &consumer_args, &path_args).await?),
     };
+    let base_url = match (&args.url, &stack) {
+        (Some(url), _) => url.trim_end_matches('/').to_string(),
+        (None, Some(stack)) => stack.app.api_url().expect("the stack runs an API"),
+        (None, None) => unreachable!("a stack is started without --url"),
+    };
+    let no_shed_url = stack.as_ref().and_then(|s| s.no_shed.api_url());
+    let state = stack.as_ref().and_then(|s| s.app.api_state());
     anyhow::ensure!(
         no_shed_url.is_some() || !paths.iter().any(|p| p == QUEUE_NO_SHED),
         "{QUEUE_NO_SHED} needs the bench's own API; it cannot be combined with --url"
     );
     anyhow::ensure!(
-        args.via == Via::Http || publisher.is_some(),
+        args.via == Via::Http || state.is_some(),
         "--via direct runs the paths in this process; it cannot be combined with --url"
     );
     let bench = Bench {
@@ -323,11 +341,9 @@ pub async fn run(
             .build()?,
         base_url,
         no_shed_url,
-        shedder,
-        registry: (args.via == Via::Direct)
-            .then(|| Registry::new(pool.clone(), &path_args))
-            .transpose()?,
-        publisher,
+        shedder: state.and_then(|s| s.shedder.clone()),
+        registry: state.map(|s| Arc::clone(&s.paths)),
+        publisher: state.map(|s| Arc::clone(&s.publisher)),
         via: args.via,
         concurrency: args.concurrency.max(1),
     };
@@ -374,7 +390,9 @@ pub async fn run(
         .await?
     };
 
-    shutdown.cancel();
+    if let Some(stack) = stack {
+        stack.stop().await?;
+    }
     let results = BenchResults {
         started_at,
         environment: environment(&pool).await,
@@ -738,14 +756,18 @@ async fn measure_ceilings(
     {
         result?;
     }
-    let stop = CancellationToken::new();
     let started = Instant::now();
-    let consumer_task = tokio::spawn(consumer::run(
+    let consumer = App::start(
         pool.clone(),
-        prefill.clone(),
-        consumer_args.clone(),
-        stop.clone(),
-    ));
+        Settings {
+            broker: prefill.clone(),
+            api: None,
+            consumer: Some(consumer_args.clone()),
+            metrics_bind: None,
+        },
+        CancellationToken::new(),
+    )
+    .await?;
     // Each partition is decided in queue order, so its last request decided means all of it
     // is: watching those few ids by primary key keeps the probe from loading the database.
     let mut last_of_partition = std::collections::HashMap::new();
@@ -762,8 +784,7 @@ async fn measure_ceilings(
     )
     .await?;
     let consumer_rate = requests.len() as f64 / started.elapsed().as_secs_f64();
-    stop.cancel();
-    consumer_task.await??;
+    consumer.stop().await?;
     let connection = crate::broker::connect(&prefill.amqp_url, "seckill-bench-cleanup").await?;
     topology.delete(&connection.create_channel().await?).await?;
 

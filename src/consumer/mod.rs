@@ -84,19 +84,7 @@ pub async fn run(
     args: ConsumerArgs,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        args.prefetch >= args.batch_size_max,
-        "prefetch ({}) must be at least the batch size ({}), or batches can never fill",
-        args.prefetch,
-        args.batch_size_max
-    );
-    anyhow::ensure!(
-        args.lease_ttl_ms >= 2 * args.lease_heartbeat_ms,
-        "the lease TTL ({} ms) must be at least twice the heartbeat ({} ms), or one late \
-         heartbeat makes a live daemon look gone",
-        args.lease_ttl_ms,
-        args.lease_heartbeat_ms
-    );
+    args.check()?;
     let topology = Topology::new(&broker_args);
     let member = lease::member_id();
     tracing::info!(%member, "consumer lease id");

@@ -4,7 +4,6 @@
 
 use std::collections::HashMap;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -17,10 +16,9 @@ use sqlx::migrate::MigrateDatabase;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use seckill::api::{self, AppState};
-use seckill::broker::publisher::Publisher;
+use seckill::app::{App, Settings};
 use seckill::broker::topology::Topology;
-use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs};
+use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs};
 
 pub const PARTITIONS: u16 = 4;
 
@@ -133,49 +131,50 @@ impl TestEnv {
         admin_token: Option<&str>,
         sold_out_ttl: Option<Duration>,
     ) -> TestApi {
-        let publisher = Arc::new(
-            Publisher::connect(&self.broker.amqp_url, self.topology.clone())
-                .await
-                .expect("publisher"),
-        );
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
+        let serve = ServeArgs {
+            admin_token: admin_token.map(str::to_owned),
+            sold_out_ttl_ms: sold_out_ttl.map_or(0, |ttl| ttl.as_millis() as u64),
+            ..ServeArgs::loopback()
+        };
+        self.start_api_configured(serve, self.path_args()).await
+    }
+
+    /// Starts the API in-process, through the composition root, with these settings.
+    pub async fn start_api_configured(&self, serve: ServeArgs, paths: PathArgs) -> TestApi {
         let shutdown = CancellationToken::new();
-        let paths = seckill::paths::Registry::new(self.pool.clone(), &self.path_args())
-            .expect("purchase paths");
-        let mut state = AppState::new(
-            self.pool.clone(),
-            publisher,
-            paths,
-            admin_token.map(str::to_owned),
-        );
-        if let Some(ttl) = sold_out_ttl {
-            state = state.with_shedding(seckill::shedding::Shedder::start(
-                self.pool.clone(),
-                self.broker.amqp_url.clone(),
-                self.topology.clone(),
-                ttl,
-                shutdown.clone(),
-            ));
-        }
-        tokio::spawn(api::serve(listener, state, shutdown.clone()));
+        let settings = Settings {
+            broker: self.broker.clone(),
+            api: Some((serve, paths)),
+            consumer: None,
+            metrics_bind: None,
+        };
+        let app = App::start(self.pool.clone(), settings, shutdown.clone())
+            .await
+            .expect("start the API");
         TestApi {
-            base,
+            base: app.api_url().expect("an API"),
             http: reqwest::Client::new(),
             shutdown,
+            _app: Some(app),
         }
     }
 
-    /// Starts a consumer in this process; cancel the token to stop it.
-    pub fn start_consumer(&self) -> CancellationToken {
+    /// Starts a consumer in this process, through the composition root; `cancel()` stops it.
+    pub async fn start_consumer(&self) -> InProcess {
         let shutdown = CancellationToken::new();
-        tokio::spawn(seckill::consumer::run(
-            self.pool.clone(),
-            self.broker.clone(),
-            self.consumer_args(),
-            shutdown.clone(),
-        ));
-        shutdown
+        let settings = Settings {
+            broker: self.broker.clone(),
+            api: None,
+            consumer: Some(self.consumer_args()),
+            metrics_bind: None,
+        };
+        let app = App::start(self.pool.clone(), settings, shutdown.clone())
+            .await
+            .expect("start the consumer");
+        InProcess {
+            shutdown,
+            _app: app,
+        }
     }
 
     /// Starts `seckill consume` as a child process (killable with SIGKILL).
@@ -334,6 +333,22 @@ pub struct TestApi {
     pub base: String,
     pub http: reqwest::Client,
     pub shutdown: CancellationToken,
+    /// Holds an in-process API's tasks (dropping an `App` ends them); `None` for a client of a
+    /// daemon.
+    _app: Option<App>,
+}
+
+/// Parts of seckill running in the test's process; dropping it ends them.
+pub struct InProcess {
+    pub shutdown: CancellationToken,
+    _app: App,
+}
+
+impl InProcess {
+    /// Asks every part to stop (as SIGTERM would a daemon).
+    pub fn cancel(&self) {
+        self.shutdown.cancel();
+    }
 }
 
 impl TestApi {
@@ -567,6 +582,7 @@ impl TestEnv {
             base: daemon.base.clone(),
             http: reqwest::Client::new(),
             shutdown: CancellationToken::new(),
+            _app: None,
         }
     }
 }

@@ -1,0 +1,297 @@
+//! The `seckill` command line: what each subcommand takes, and which part of the library it
+//! runs. Parsing and dispatch only: every command's work (and every policy) is in the library,
+//! the running system is put together by [`crate::app`], and `src/main.rs` only parses, starts
+//! the logs and maps the result to an exit code.
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use sqlx::PgPool;
+
+use crate::app::{self, App, Settings};
+use crate::config::{
+    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs, redact_url,
+};
+use crate::paths::{self, redis_store::RedisStore};
+use crate::{audit, demo, store};
+
+/// Flash-sale order processor: purchase requests go through RabbitMQ, and one consumer per item
+/// decides them in order, without locks, committing in batches.
+///
+/// Every option can also be set by the environment variable shown with it. Logs go to stderr;
+/// set RUST_LOG (e.g. RUST_LOG=seckill=debug) for more.
+#[derive(Debug, Parser)]
+#[command(name = "seckill", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API (producer side): accepts orders and publishes them to RabbitMQ, or, with
+    /// ?path=NAME, decides them through a lock-based path (naive is UNSAFE: it oversells).
+    #[command(after_help = paths::HELP)]
+    Serve {
+        #[command(flatten)]
+        serve: ServeArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        /// Also run a consumer in this process (handy on one machine; run `consume` separately
+        /// to scale or fail over).
+        #[arg(long)]
+        with_consumer: bool,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Run the consumer daemon: decides the requests of every partition it is active on.
+    /// Start several to share the partitions: they balance them through leases in the
+    /// database (each active on about P/N), and each stands by on the others for failover.
+    Consume {
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+        /// Serve `GET /metrics` (Prometheus text format) on this address; unset, no listener.
+        #[arg(long, env = "SECKILL_METRICS_BIND")]
+        metrics_bind: Option<std::net::SocketAddr>,
+    },
+    /// Create the database if needed and apply pending migrations, then exit.
+    Migrate {
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Load items from PostgreSQL into Redis for the redis-* paths, overwriting what Redis has.
+    ///
+    /// Copies each item's stock, buyers and fencing counter. Run it while no Redis-path sale of
+    /// those items is on: after Redis lost its data, or after selling an item through another path.
+    RedisLoad {
+        /// Item to load.
+        #[arg(long, required_unless_present = "all", conflicts_with = "all")]
+        item: Option<i64>,
+        /// Load every item.
+        #[arg(long)]
+        all: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+    /// Check the invariants of a sale from the database; exit status 1 on any violation.
+    Audit {
+        /// Item to audit (default: every item).
+        #[arg(long)]
+        item: Option<i64>,
+        /// Count accepted-but-undecided requests as violations (use once the queues drained).
+        #[arg(long)]
+        expect_settled: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Compare every purchase path on one scenario: throughput, latency and the audit verdict.
+    /// Writes a table to the terminal, results.json and report.html to --out.
+    Bench {
+        #[command(flatten)]
+        bench: crate::bench::BenchArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+        #[command(flatten)]
+        paths: PathArgs,
+    },
+    /// Run the queue path end to end in-process: one item, a burst of buyers, the audit.
+    Demo {
+        #[command(flatten)]
+        demo: demo::DemoArgs,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        broker: BrokerArgs,
+        #[command(flatten)]
+        consumer: ConsumerArgs,
+    },
+}
+
+/// How a command ended, for the exit code: `Failed` is a verdict (an audit violation, an unsafe
+/// path sold more than it had), not an error of seckill's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failed,
+}
+
+impl From<bool> for Verdict {
+    fn from(success: bool) -> Self {
+        if success {
+            Verdict::Success
+        } else {
+            Verdict::Failed
+        }
+    }
+}
+
+impl Command {
+    /// Runs the command to its end (a daemon: until SIGINT or SIGTERM).
+    pub async fn run(self) -> anyhow::Result<Verdict> {
+        match self {
+            Command::Serve {
+                serve,
+                database,
+                broker,
+                with_consumer,
+                consumer,
+                paths,
+            } => {
+                let settings = Settings {
+                    broker,
+                    api: Some((serve, paths)),
+                    consumer: with_consumer.then_some(consumer),
+                    metrics_bind: None,
+                };
+                run_daemon(&database, settings, "API stopped").await
+            }
+            Command::Consume {
+                database,
+                broker,
+                consumer,
+                metrics_bind,
+            } => {
+                let settings = Settings {
+                    broker,
+                    api: None,
+                    consumer: Some(consumer),
+                    metrics_bind,
+                };
+                run_daemon(&database, settings, "consumer exiting").await
+            }
+            Command::Migrate { database } => {
+                store::connect(&database).await?;
+                println!(
+                    "database {} is migrated",
+                    redact_url(&database.database_url)
+                );
+                Ok(Verdict::Success)
+            }
+            Command::RedisLoad {
+                item,
+                all: _,
+                database,
+                redis,
+            } => {
+                let pool = store::connect(&database).await?;
+                redis_load(&pool, &redis, item).await?;
+                Ok(Verdict::Success)
+            }
+            Command::Audit {
+                item,
+                expect_settled,
+                json,
+                database,
+            } => {
+                let pool = store::connect(&database).await?;
+                Ok(print_audit(&pool, item, expect_settled, json).await?.into())
+            }
+            Command::Bench {
+                bench,
+                database,
+                broker,
+                consumer,
+                paths,
+            } => {
+                let results = crate::bench::run(database, broker, consumer, paths, bench).await?;
+                // A path other than `naive` failing its audit is a bug worth a non-zero exit.
+                let sound = results
+                    .paths
+                    .iter()
+                    .all(|r| r.audit.clean || r.path == "naive");
+                Ok(sound.into())
+            }
+            Command::Demo {
+                demo: args,
+                database,
+                broker,
+                consumer,
+            } => {
+                let pool = store::connect(&database).await?;
+                Ok(demo::run(pool, broker, consumer, args).await?.into())
+            }
+        }
+    }
+}
+
+/// Runs a daemon's [`App`] until SIGINT or SIGTERM (or until a part of it fails).
+async fn run_daemon(
+    database: &DatabaseArgs,
+    settings: Settings,
+    stopped: &str,
+) -> anyhow::Result<Verdict> {
+    let shutdown = app::shutdown_on_signal()?;
+    let pool = store::connect(database).await?;
+    App::start(pool, settings, shutdown)
+        .await?
+        .run_until_stopped()
+        .await?;
+    tracing::info!("{stopped}");
+    Ok(Verdict::Success)
+}
+
+/// `seckill redis-load`: one item, or every item (`None`).
+async fn redis_load(pool: &PgPool, redis: &RedisArgs, item: Option<i64>) -> anyhow::Result<()> {
+    let store = RedisStore::new(redis)?;
+    let shown = redact_url(&redis.redis_url);
+    match item {
+        Some(id) => {
+            store.load_item(pool, id, true).await?;
+            println!("item {id} loaded into Redis at {shown}");
+        }
+        None => {
+            let loaded = store.load_all(pool).await?;
+            println!("{loaded} item(s) loaded into Redis at {shown}");
+        }
+    }
+    Ok(())
+}
+
+/// `seckill audit`: prints one item's audit or every item's, as text or JSON; whether all are
+/// clean.
+async fn print_audit(
+    pool: &PgPool,
+    item: Option<i64>,
+    expect_settled: bool,
+    json: bool,
+) -> anyhow::Result<bool> {
+    let audits = match item {
+        Some(id) => vec![
+            audit::audit_item(pool, id, expect_settled)
+                .await?
+                .with_context(|| format!("item {id} does not exist"))?,
+        ],
+        None => audit::audit_all(pool, expect_settled).await?,
+    };
+    let clean = audits.iter().all(audit::ItemAudit::is_clean);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&audits)?);
+        return Ok(clean);
+    }
+    for a in &audits {
+        println!("{a}");
+    }
+    let verdict = if clean {
+        "all invariants hold"
+    } else {
+        "VIOLATIONS FOUND"
+    };
+    println!("{} item(s) audited: {verdict}", audits.len());
+    Ok(clean)
+}
