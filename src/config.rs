@@ -26,7 +26,9 @@ pub struct DatabaseArgs {
 /// Where RabbitMQ is, and the names and shape of seckill's queues on it.
 #[derive(Debug, Clone, Args)]
 pub struct BrokerArgs {
-    /// RabbitMQ URL (the vhost is the path, `%2f` for `/`).
+    /// RabbitMQ URL (the vhost is the path, `%2f` for `/`), or the URLs of a cluster's nodes
+    /// separated by commas: a client connects to the first that answers and moves to the next
+    /// when its node is lost.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -149,8 +151,16 @@ impl ConsumerArgs {
     }
 }
 
-/// Hides the password of a URL (`postgres://user:***@host/db`), for logs and errors.
+/// Hides the password of a URL (`postgres://user:***@host/db`), or of each URL of a
+/// comma-separated list (a cluster's nodes), for logs and errors.
 pub fn redact_url(raw: &str) -> String {
+    if raw.contains(',') {
+        return raw
+            .split(',')
+            .map(|u| redact_url(u.trim()))
+            .collect::<Vec<_>>()
+            .join(",");
+    }
     match url::Url::parse(raw) {
         Ok(mut url) if url.password().is_some() => {
             let _ = url.set_password(Some("***"));
@@ -176,6 +186,10 @@ mod tests {
             "postgres://postgres@127.0.0.1/seckill"
         );
         assert!(!redact_url("not a url secret").contains("secret"));
+        assert_eq!(
+            redact_url("amqp://g:s1@a:5672/%2f, amqp://g:s2@b:5673/%2f"),
+            "amqp://g:***@a:5672/%2f,amqp://g:***@b:5673/%2f"
+        );
     }
 }
 

@@ -46,6 +46,9 @@ struct Link {
     /// Kept so the connection lives as long as the channel.
     _connection: Connection,
     channel: Channel,
+    /// When it was opened: a link that refused a publish is renewed at most once per
+    /// `RECONNECT_PAUSE` (see [`Publisher::renew_after_refusal`]).
+    opened_at: Instant,
 }
 
 pub struct Publisher {
@@ -115,7 +118,10 @@ impl Publisher {
             Ok(confirm) => match confirm.await {
                 Ok(Confirmation::Ack(None)) => Ok(()),
                 Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
-                Ok(Confirmation::Nack(_)) => Err(PublishError::Refused),
+                Ok(Confirmation::Nack(_)) => {
+                    self.renew_after_refusal(&channel).await;
+                    Err(PublishError::Refused)
+                }
                 Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
                 Err(e) => Err(PublishError::Unavailable(e.to_string())),
             },
@@ -144,6 +150,24 @@ impl Publisher {
             Ok(Confirmation::Ack(_)) => Ok(()),
             Ok(_) => Err(PublishError::Refused),
             Err(e) => Err(PublishError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Drops the link that refused a publish, so the next publish opens a fresh one — at most
+    /// once per `RECONNECT_PAUSE`, so a queue that is really full costs one reconnect a second.
+    /// Why: a channel keeps the overflow state each quorum queue told it, and one that could not
+    /// register as a publisher while the queue elected a new leader (its old leader's node lost)
+    /// refuses every later publish to that queue, though the queue is empty (seen on RabbitMQ
+    /// 3.10 with a SIGKILLed leader, `tests/cluster.rs`). A fresh channel asks the queue afresh.
+    /// Clients still waiting for a reply on the old channel fall back to `202 pending`.
+    async fn renew_after_refusal(&self, refused_on: &Channel) {
+        let mut slot = self.link.write().await;
+        let stale = slot.as_ref().is_some_and(|link| {
+            link.channel.id() == refused_on.id() && link.opened_at.elapsed() >= RECONNECT_PAUSE
+        });
+        if stale {
+            tracing::warn!("the broker refused a publish; the next publish opens a fresh channel");
+            slot.take();
         }
     }
 
@@ -229,6 +253,7 @@ impl Publisher {
         Ok(Link {
             _connection: connection,
             channel,
+            opened_at: Instant::now(),
         })
     }
 }

@@ -95,7 +95,7 @@ impl Topology {
             .queue_declare(
                 self.dead_letter_queue().into(),
                 durable_queue,
-                FieldTable::default(),
+                self.dead_letter_queue_arguments(),
             )
             .await?;
         channel
@@ -147,6 +147,20 @@ impl Topology {
     }
 
     /// Arguments of every partition queue (the benchmark's broker ceiling uses the same).
+    /// The dead-letter queue is of the partition queues' kind: on a cluster it must be
+    /// replicated too, or the loss of its one node makes every client's declaration fail (a
+    /// classic queue's home node being down is `NOT_FOUND`) and a dead letter has nowhere to go.
+    pub fn dead_letter_queue_arguments(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        if self.queue_type == QueueType::Quorum {
+            args.insert(
+                "x-queue-type".into(),
+                AMQPValue::LongString("quorum".into()),
+            );
+        }
+        args
+    }
+
     pub fn partition_queue_arguments(&self) -> FieldTable {
         let mut args = FieldTable::default();
         // One consumer at a time reads the queue, in order: this is what serializes an item.

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection};
+use lapin::{BasicProperties, Channel};
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use sqlx::migrate::MigrateDatabase;
@@ -106,7 +106,7 @@ impl TestEnv {
     }
 
     pub async fn channel(&self) -> Channel {
-        let connection = Connection::connect(&self.broker.amqp_url, Default::default())
+        let connection = seckill::broker::connect(&self.broker.amqp_url, "seckill-test")
             .await
             .expect("broker connection");
         let channel = connection.create_channel().await.expect("channel");
