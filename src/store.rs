@@ -14,8 +14,8 @@ use sqlx::{Connection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
-use crate::consumer::sequencer::{BatchDecision, Holding, ItemState};
-use crate::domain::{ItemId, ItemKind, ItemRules, ItemSpec, OrderRequest, Outcome, Status};
+use crate::domain::{ItemId, ItemKind, ItemSpec, OrderRequest, Outcome, Status};
+use crate::sale::{BatchDecision, Holding, ItemRules, ItemState};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -103,7 +103,7 @@ pub async fn create_item(pool: &PgPool, name: &str, stock: i64) -> sqlx::Result<
 
 /// Creates an item of any kind.
 pub async fn create_item_spec(pool: &PgPool, name: &str, spec: &ItemSpec) -> sqlx::Result<Item> {
-    let rules = spec.rules();
+    let rules = ItemRules::from(*spec);
     let total = match *spec {
         ItemSpec::Goods { .. } => None,
         ItemSpec::RedPacket { total, .. } => Some(total),
@@ -334,9 +334,10 @@ pub enum RestockError {
 /// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
 /// units, and a red packet's amount left. `None` when the item does not exist.
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some((stock_remaining, per_user_limit, packet_remaining)) =
-        sqlx::query_as::<_, (i64, i64, Option<i64>)>(
-            "SELECT stock_remaining, per_user_limit, packet_remaining FROM items WHERE id = $1",
+    let Some((stock_remaining, kind, per_user_limit, packet_remaining)) =
+        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>)>(
+            "SELECT stock_remaining, kind, per_user_limit, packet_remaining
+             FROM items WHERE id = $1",
         )
         .bind(item_id)
         .fetch_optional(pool)
@@ -355,7 +356,10 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
             .into_iter()
             .map(|(user, order_id, units)| (user, Holding { order_id, units }))
             .collect(),
-        per_user_limit,
+        rules: ItemRules {
+            kind,
+            per_user_limit,
+        },
         packet_remaining,
     }))
 }

@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
-use crate::domain::{ItemId, ItemKind, ItemRules, OrderRequest, Outcome, validate_user_id};
+use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome, validate_user_id};
 use crate::paths;
+use crate::sale::ItemRules;
 use crate::store::{self, RequestState};
 
 /// Longest `?wait=` honoured, in milliseconds.

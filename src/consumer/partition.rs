@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
-use super::sequencer::{ItemState, Sequencer};
+use super::sequencer::Sequencer;
 use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
 use crate::domain::{ItemId, OrderRequest, Outcome};
+use crate::sale::ItemState;
 use crate::store::{self, CommitError, Fence};
 
 /// Path name recorded with the outcomes this consumer decides.

@@ -9,7 +9,8 @@
 //! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
 //!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
 //! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory),
-//!   any quantity up to the item's per-user limit.
+//!   any quantity up to the item's per-user limit, by the sale's one rule
+//!   ([`crate::sale::ItemRules::judge`]), the rule the queue path's sequencer applies too.
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
@@ -39,7 +40,8 @@ use uuid::Uuid;
 
 use crate::backoff;
 use crate::config::PathArgs;
-use crate::domain::{OrderRequest, Outcome, Status};
+use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
+use crate::sale::{Holding, ItemRules};
 use crate::store;
 use redis_store::RedisStore;
 
@@ -196,39 +198,56 @@ pub async fn decide(
 #[derive(Debug, Clone, Copy)]
 pub struct LockedItem {
     pub stock: i64,
-    pub per_user_limit: i64,
+    pub rules: ItemRules,
     /// The user's order and the units it holds, if the user bought before.
-    pub holding: Option<(Uuid, i64)>,
+    pub holding: Option<Holding>,
+}
+
+impl LockedItem {
+    /// From the columns a locking path reads: the item's stock, kind and limit, and the user's
+    /// order id and units (both `None` when the user holds no order).
+    pub fn from_row(
+        (stock, kind, per_user_limit): (i64, ItemKind, i64),
+        holding: Option<(Uuid, i64)>,
+    ) -> Self {
+        Self {
+            stock,
+            rules: ItemRules {
+                kind,
+                per_user_limit,
+            },
+            holding: holding.map(|(order_id, units)| Holding { order_id, units }),
+        }
+    }
 }
 
 /// The decision a locking path makes once it holds the item's lock and has read, under it, the
-/// stock, the limit and what the user holds: limit check first, then stock; the order (new, or
-/// the user's grown), the decrement and the outcome are written in the caller's transaction,
-/// which keeps the lock until it commits.
+/// stock, the rules and what the user holds: the sale's rule ([`ItemRules::judge`]: limit first,
+/// then stock); the order (new, or the user's grown), the decrement and the outcome are written
+/// in the caller's transaction, which keeps the lock until it commits.
 pub async fn decide_locked(
     tx: &mut sqlx::PgConnection,
     path: &'static str,
     request: &OrderRequest,
     item: LockedItem,
 ) -> Result<Outcome, PathError> {
-    let held = item.holding.map_or(0, |(_, units)| units);
-    if held + request.quantity > item.per_user_limit {
-        return record_outcome(&mut *tx, path, request, Status::AlreadyPurchased, None).await;
-    }
-    if request.quantity > item.stock {
-        return record_outcome(&mut *tx, path, request, Status::SoldOut, None).await;
+    let judged = item
+        .rules
+        .judge(item.holding.as_ref(), request.quantity, item.stock);
+    if let Err(refusal) = judged {
+        return record_outcome(&mut *tx, path, request, refusal.status(), None).await;
     }
     let order_id = match item.holding {
-        Some((order_id, _)) => {
+        Some(holding) => {
             sqlx::query("UPDATE orders SET quantity = quantity + $2 WHERE id = $1")
-                .bind(order_id)
+                .bind(holding.order_id)
                 .bind(request.quantity)
                 .execute(&mut *tx)
                 .await?;
-            order_id
+            holding.order_id
         }
         // A conflict is impossible under the lock unless another path sold meanwhile.
-        None => insert_holding(&mut *tx, request, item.per_user_limit)
+        None => insert_holding(&mut *tx, request, item.rules.per_user_limit)
             .await?
             .ok_or(PathError::AlreadyDecided)?,
     };
