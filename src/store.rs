@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
 use crate::domain::{ItemId, ItemKind, ItemSpec, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, Holding, ItemRules, ItemState};
+use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, PathName};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -257,7 +257,7 @@ pub async fn record_sold_out_at_the_door(
     .bind(&items)
     .bind(&users)
     .bind(Status::SoldOut.as_str())
-    .bind(crate::consumer::partition::PATH)
+    .bind(PathName::Queue.as_str())
     .bind(&quantities)
     .fetch_all(pool)
     .await?;
@@ -413,7 +413,7 @@ pub enum CommitError {
 /// before it takes over).
 pub async fn commit_batch(
     pool: &PgPool,
-    path: &str,
+    path: PathName,
     batch: &BatchDecision,
     fence: &Fence,
 ) -> Result<(), CommitError> {
@@ -482,7 +482,7 @@ pub async fn commit_batch(
     .bind(&users)
     .bind(&statuses)
     .bind(&outcome_orders)
-    .bind(path)
+    .bind(path.as_str())
     .bind(&fence.queue)
     .bind(fence.epoch)
     .bind(&order_quantities)

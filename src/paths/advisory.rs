@@ -14,6 +14,7 @@ use sqlx::PgPool;
 
 use super::{LockedItem, PathError, PurchasePath, decide_locked};
 use crate::domain::{ItemKind, OrderRequest, Outcome};
+use crate::sale::PathName;
 
 pub struct Advisory {
     pool: PgPool,
@@ -27,8 +28,8 @@ impl Advisory {
 
 #[async_trait::async_trait]
 impl PurchasePath for Advisory {
-    fn name(&self) -> &'static str {
-        "advisory"
+    fn name(&self) -> PathName {
+        PathName::Advisory
     }
 
     fn sells_quantities(&self) -> bool {

@@ -41,23 +41,9 @@ use uuid::Uuid;
 use crate::backoff;
 use crate::config::PathArgs;
 use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
-use crate::sale::{Holding, ItemRules};
+use crate::sale::{Holding, ItemRules, PathName};
 use crate::store;
 use redis_store::RedisStore;
-
-/// The `path=` names `POST /orders` accepts, `queue` (the default) first.
-pub const NAMES: [&str; 10] = [
-    "queue",
-    "naive",
-    "pessimistic",
-    "optimistic",
-    "conditional",
-    "advisory",
-    "redis-lock",
-    "redis-watch",
-    "redis-lua",
-    "redis-list",
-];
 
 /// The paths, for `seckill serve --help`.
 pub const HELP: &str = "\
@@ -79,7 +65,7 @@ Every path but queue answers 200 with the decision. Redis keys: {prefix}:item:{i
 #[async_trait::async_trait]
 pub trait PurchasePath: Send + Sync {
     /// The `path=` name, also stored in `outcomes.path`.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> PathName;
 
     /// Decides a request that had no stored outcome when [`decide`] looked, records the decision
     /// in `outcomes` (and the order, for a purchase) and returns it. Call it through [`decide`],
@@ -227,7 +213,7 @@ impl LockedItem {
 /// in the caller's transaction, which keeps the lock until it commits.
 pub async fn decide_locked(
     tx: &mut sqlx::PgConnection,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
     item: LockedItem,
 ) -> Result<Outcome, PathError> {
@@ -296,7 +282,7 @@ pub async fn insert_holding<'e>(
 /// when the request id already has an outcome: the caller's transaction must then not commit.
 pub async fn record_outcome<'e>(
     executor: impl PgExecutor<'e>,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
     status: Status,
     order_id: Option<Uuid>,
@@ -311,7 +297,7 @@ pub async fn record_outcome<'e>(
     .bind(&request.user_id)
     .bind(status.as_str())
     .bind(order_id)
-    .bind(path)
+    .bind(path.as_str())
     .bind(request.quantity)
     .execute(executor)
     .await?;
@@ -332,7 +318,7 @@ pub async fn record_outcome<'e>(
 /// is told `already_purchased` for an order that never lands.
 pub async fn record_repeat_buyer(
     pool: &PgPool,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
     let inserted = sqlx::query(
@@ -344,7 +330,7 @@ pub async fn record_repeat_buyer(
     .bind(request.request_id)
     .bind(request.item_id)
     .bind(&request.user_id)
-    .bind(path)
+    .bind(path.as_str())
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -417,8 +403,9 @@ impl Registry {
         Ok(Self { pool, paths, redis })
     }
 
-    /// The path called `name`. `queue` is not here: it decides asynchronously (see `api::orders`).
-    pub fn get(&self, name: &str) -> Option<&dyn PurchasePath> {
+    /// The path called `name`; `None` for `queue`, which is not here: it decides asynchronously
+    /// (see `api::orders`).
+    pub fn get(&self, name: PathName) -> Option<&dyn PurchasePath> {
         self.paths
             .iter()
             .find(|p| p.name() == name)
@@ -454,11 +441,11 @@ mod tests {
             },
         };
         let registry = Registry::new(pool, &args).unwrap();
-        let registered: Vec<&str> = registry.paths.iter().map(|p| p.name()).collect();
-        assert_eq!(registered, NAMES[1..]);
-        assert!(registry.get("queue").is_none());
+        let registered: Vec<PathName> = registry.paths.iter().map(|p| p.name()).collect();
+        assert_eq!(registered, PathName::ALL[1..]);
+        assert!(registry.get(PathName::Queue).is_none());
         assert!(HELP.contains("naive        UNSAFE"));
-        for name in NAMES {
+        for name in PathName::ALL {
             assert!(
                 HELP.contains(&format!("  {name} ")),
                 "{name} is in the help"

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 
 use super::{LockedItem, PathError, PurchasePath, decide_locked};
 use crate::domain::{ItemKind, OrderRequest, Outcome};
+use crate::sale::PathName;
 
 pub struct Pessimistic {
     pool: PgPool,
@@ -24,8 +25,8 @@ impl Pessimistic {
 
 #[async_trait::async_trait]
 impl PurchasePath for Pessimistic {
-    fn name(&self) -> &'static str {
-        "pessimistic"
+    fn name(&self) -> PathName {
+        PathName::Pessimistic
     }
 
     fn sells_quantities(&self) -> bool {

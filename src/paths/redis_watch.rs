@@ -19,6 +19,7 @@ use super::redis_store::{RedisStore, persist_or_undo};
 use super::{PathError, PurchasePath, record_outcome, record_repeat_buyer};
 use crate::backoff;
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// First and largest delay before a retry.
 const RETRY_DELAY_BASE: Duration = Duration::from_millis(1);
@@ -95,8 +96,8 @@ impl RedisWatch {
 
 #[async_trait::async_trait]
 impl PurchasePath for RedisWatch {
-    fn name(&self) -> &'static str {
-        "redis-watch"
+    fn name(&self) -> PathName {
+        PathName::RedisWatch
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

@@ -8,11 +8,13 @@
 //! it, so the rule is written once.
 
 mod batch;
+mod path_name;
 mod rules;
 mod share;
 mod state;
 
 pub use batch::{BatchDecision, NewOrder, NewOutcome};
+pub use path_name::{PathName, UnknownPath};
 pub use rules::{ItemRules, Refusal};
 pub use share::draw_share;
 pub use state::{Holding, ItemState, Sold};
