@@ -71,6 +71,28 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Whether a database error says "not now" rather than "never": the database is unreachable or
+/// restarting, the connection was killed, the pool is exhausted, or a statement ran into the
+/// statement or lock timeout that [`connect`] sets. The request had no effect (its transaction
+/// rolled back), so it may be retried. The one rule for every path and the API.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
+        E::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections);
+            // 57P: the server is shutting down or starting, or ended the session;
+            // 57014: statement_timeout; 55P03: lock_timeout; 40001/40P01: serialization
+            // failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "57014" | "55P03" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
+}
+
 /// An item as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
 pub struct Item {

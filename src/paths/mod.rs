@@ -110,29 +110,19 @@ pub enum PathError {
 
 impl From<sqlx::Error> for PathError {
     fn from(e: sqlx::Error) -> Self {
-        use sqlx::Error as E;
+        if store::is_transient(&e) {
+            tracing::warn!(error = %e, "database unavailable or busy");
+            return PathError::Unavailable("the database is unavailable or busy".into());
+        }
         match &e {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                PathError::Unavailable("the database is unavailable".into())
-            }
-            E::Database(db) => {
-                // Class 08: connection exception; 57P: the server is shutting down or starting.
-                let code = db.code().unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P") {
-                    tracing::warn!(error = %e, "database unavailable");
-                    PathError::Unavailable("the database is unavailable".into())
-                } else if db.is_unique_violation() {
-                    // Paths handle one-per-user conflicts themselves; what is left is a request
-                    // id (orders.request_id, outcomes' key) another attempt committed first.
-                    PathError::AlreadyDecided
-                } else if db.is_foreign_key_violation()
-                    && db.constraint().is_some_and(|c| c.ends_with("item_id_fkey"))
-                {
-                    PathError::NoSuchItem
-                } else {
-                    PathError::Database(e)
-                }
+            // Paths handle one-per-user conflicts themselves; what is left is a request id
+            // (orders.request_id, outcomes' key) another attempt committed first.
+            sqlx::Error::Database(db) if db.is_unique_violation() => PathError::AlreadyDecided,
+            sqlx::Error::Database(db)
+                if db.is_foreign_key_violation()
+                    && db.constraint().is_some_and(|c| c.ends_with("item_id_fkey")) =>
+            {
+                PathError::NoSuchItem
             }
             _ => PathError::Database(e),
         }
