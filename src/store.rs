@@ -24,9 +24,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// real statement here takes milliseconds: this only stops a stuck one from holding a request,
 /// a connection and its locks forever.
 pub const STATEMENT_TIMEOUT: &str = "30s";
-/// Longest a statement waits for a row lock (`SELECT … FOR UPDATE` on a hot item); past it the
-/// request is answered 503 instead of queueing behind the lock without bound.
-pub const LOCK_TIMEOUT: &str = "10s";
 /// A session idle inside a transaction this long (a client that hung mid-transaction) is ended,
 /// releasing its locks.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
@@ -34,7 +31,8 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a pool, creating the database if it is missing and applying pending migrations.
-/// Every pooled connection carries the timeouts above, so nothing waits on PostgreSQL forever.
+/// Every pooled connection carries the timeouts above and the lock timeout of `args`
+/// ([`DatabaseArgs::db_lock_timeout_ms`]), so nothing waits on PostgreSQL forever.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let shown = redact_url(&args.database_url);
     if !Postgres::database_exists(&args.database_url)
@@ -52,11 +50,12 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     MIGRATOR.run(&mut migrating).await?;
     migrating.close().await?;
 
+    let lock_timeout = format!("{}ms", args.db_lock_timeout_ms);
     let options = PgConnectOptions::from_str(&args.database_url)
         .map_err(|e| anyhow::anyhow!("bad database URL {shown}: {e}"))?
         .options([
             ("statement_timeout", STATEMENT_TIMEOUT),
-            ("lock_timeout", LOCK_TIMEOUT),
+            ("lock_timeout", lock_timeout.as_str()),
             (
                 "idle_in_transaction_session_timeout",
                 IDLE_IN_TRANSACTION_TIMEOUT,
