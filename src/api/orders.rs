@@ -19,9 +19,10 @@ use crate::store::{self, RequestState};
 /// Longest `?wait=` honoured, in milliseconds.
 pub const WAIT_MS_MAX: u64 = 30_000;
 
+/// The body of `POST /orders`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewOrder {
+pub struct OrderBody {
     pub item_id: ItemId,
     pub user_id: String,
     /// Idempotency key; generated when absent.
@@ -80,7 +81,7 @@ impl From<Outcome> for OrderStatus {
 pub async fn create(
     State(state): State<AppState>,
     Query(params): Query<OrderParams>,
-    Json(new): Json<NewOrder>,
+    Json(new): Json<OrderBody>,
 ) -> Result<Response, ApiError> {
     let path = match params.path.as_deref() {
         None => PathName::Queue,
