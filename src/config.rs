@@ -21,6 +21,14 @@ pub struct DatabaseArgs {
     /// Most connections this process opens to PostgreSQL.
     #[arg(long, env = "SECKILL_DB_POOL_MAX", default_value_t = 16)]
     pub db_pool_max: u32,
+
+    /// Longest, in milliseconds, a statement waits for a lock (the item's row on `pessimistic`
+    /// and `conditional`, its advisory lock on `advisory`); past it the request is answered 503
+    /// with `Retry-After` instead of queueing behind the lock without bound. At most the
+    /// statement timeout (30 s), which would end the wait anyway.
+    #[arg(long, env = "SECKILL_DB_LOCK_TIMEOUT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=30_000))]
+    pub db_lock_timeout_ms: u64,
 }
 
 /// Where RabbitMQ is, and the names and shape of seckill's queues on it.

@@ -44,7 +44,7 @@ fn is_one(n: &i64) -> bool {
 
 impl OrderRequest {
     /// Checks what the type system cannot: the user id's length and characters, and a quantity
-    /// of at least 1 (its upper bound is the item's, see [`ItemRules::check_quantity`]).
+    /// of at least 1 (its upper bound is the item's: see `sale::ItemRules::check_quantity`).
     pub fn validate(&self) -> Result<(), InvalidInput> {
         validate_user_id(&self.user_id)?;
         validate_quantity(self.quantity)
@@ -69,39 +69,6 @@ pub enum ItemKind {
     Goods,
     /// A total amount split into shares of random size, one share per user.
     RedPacket,
-}
-
-/// What a request must respect to be decided for an item (beyond stock and what the user holds).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ItemRules {
-    pub kind: ItemKind,
-    pub per_user_limit: i64,
-}
-
-impl ItemRules {
-    /// The rules of a default item: goods, one unit per user.
-    pub const ONE_PER_USER: ItemRules = ItemRules {
-        kind: ItemKind::Goods,
-        per_user_limit: 1,
-    };
-
-    /// A quantity no request may ask of this item, whoever asks and whatever is left: more than
-    /// one user may ever hold, or anything but 1 of a red packet.
-    pub fn check_quantity(&self, quantity: i64) -> Result<(), InvalidInput> {
-        validate_quantity(quantity)?;
-        if self.kind == ItemKind::RedPacket && quantity != 1 {
-            return Err(InvalidInput(format!(
-                "a red packet is grabbed one share at a time: quantity must be 1, got {quantity}"
-            )));
-        }
-        if quantity > self.per_user_limit {
-            return Err(InvalidInput(format!(
-                "quantity {quantity} is over the item's per_user_limit of {}",
-                self.per_user_limit
-            )));
-        }
-        Ok(())
-    }
 }
 
 /// A valid item to create.
@@ -177,19 +144,6 @@ impl ItemSpec {
         match *self {
             ItemSpec::Goods { stock, .. } => stock,
             ItemSpec::RedPacket { shares, .. } => shares,
-        }
-    }
-
-    pub fn rules(&self) -> ItemRules {
-        match *self {
-            ItemSpec::Goods { per_user_limit, .. } => ItemRules {
-                kind: ItemKind::Goods,
-                per_user_limit,
-            },
-            ItemSpec::RedPacket { .. } => ItemRules {
-                kind: ItemKind::RedPacket,
-                per_user_limit: 1,
-            },
         }
     }
 }
@@ -346,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn item_specs_and_quantities() {
+    fn item_specs() {
         use ItemKind::{Goods, RedPacket};
         let goods = |stock, limit| ItemSpec::new(Goods, stock, limit, None, None);
         assert_eq!(
@@ -362,31 +316,12 @@ mod tests {
         assert!(goods(None, Some(1)).is_err());
         assert!(ItemSpec::new(Goods, Some(5), None, Some(10), None).is_err());
         let packet = |total, shares| ItemSpec::new(RedPacket, None, None, total, shares);
-        assert_eq!(
-            packet(Some(10), Some(10)).map(|s| (s.stock(), s.rules().per_user_limit)),
-            Ok((10, 1))
-        );
         assert!(packet(Some(9), Some(10)).is_err(), "a share would be zero");
         assert!(packet(Some(10), None).is_err());
         assert!(packet(Some(PACKET_TOTAL_MAX + 1), Some(1)).is_err());
         assert!(ItemSpec::new(RedPacket, Some(3), None, Some(10), Some(3)).is_err());
         assert!(ItemSpec::new(RedPacket, None, Some(2), Some(10), Some(3)).is_err());
         assert!(ItemSpec::new(RedPacket, None, Some(1), Some(10), Some(3)).is_ok());
-
-        let limited = ItemRules {
-            kind: Goods,
-            per_user_limit: 3,
-        };
-        assert!(limited.check_quantity(3).is_ok());
-        assert!(limited.check_quantity(4).is_err());
-        assert!(limited.check_quantity(0).is_err());
-        assert!(ItemRules::ONE_PER_USER.check_quantity(2).is_err());
-        let packet_rules = ItemRules {
-            kind: RedPacket,
-            per_user_limit: 1,
-        };
-        assert!(packet_rules.check_quantity(1).is_ok());
-        assert!(packet_rules.check_quantity(2).is_err());
     }
 
     #[test]

@@ -48,5 +48,6 @@ pub mod domain;
 pub mod failpoint;
 pub mod metrics;
 pub mod paths;
+pub mod sale;
 pub mod shedding;
 pub mod store;

@@ -14,8 +14,8 @@ use sqlx::{Connection, Postgres, Row};
 use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
-use crate::consumer::sequencer::{BatchDecision, Holding, ItemState};
-use crate::domain::{ItemId, ItemKind, ItemRules, ItemSpec, OrderRequest, Outcome, Status};
+use crate::domain::{ItemId, ItemKind, ItemSpec, OrderRequest, Outcome, Status};
+use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, PathName};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -24,9 +24,6 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// real statement here takes milliseconds: this only stops a stuck one from holding a request,
 /// a connection and its locks forever.
 pub const STATEMENT_TIMEOUT: &str = "30s";
-/// Longest a statement waits for a row lock (`SELECT … FOR UPDATE` on a hot item); past it the
-/// request is answered 503 instead of queueing behind the lock without bound.
-pub const LOCK_TIMEOUT: &str = "10s";
 /// A session idle inside a transaction this long (a client that hung mid-transaction) is ended,
 /// releasing its locks.
 pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
@@ -34,7 +31,8 @@ pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "60s";
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens a pool, creating the database if it is missing and applying pending migrations.
-/// Every pooled connection carries the timeouts above, so nothing waits on PostgreSQL forever.
+/// Every pooled connection carries the timeouts above and the lock timeout of `args`
+/// ([`DatabaseArgs::db_lock_timeout_ms`]), so nothing waits on PostgreSQL forever.
 pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     let shown = redact_url(&args.database_url);
     if !Postgres::database_exists(&args.database_url)
@@ -52,11 +50,12 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
     MIGRATOR.run(&mut migrating).await?;
     migrating.close().await?;
 
+    let lock_timeout = format!("{}ms", args.db_lock_timeout_ms);
     let options = PgConnectOptions::from_str(&args.database_url)
         .map_err(|e| anyhow::anyhow!("bad database URL {shown}: {e}"))?
         .options([
             ("statement_timeout", STATEMENT_TIMEOUT),
-            ("lock_timeout", LOCK_TIMEOUT),
+            ("lock_timeout", lock_timeout.as_str()),
             (
                 "idle_in_transaction_session_timeout",
                 IDLE_IN_TRANSACTION_TIMEOUT,
@@ -69,6 +68,28 @@ pub async fn connect(args: &DatabaseArgs) -> anyhow::Result<PgPool> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot connect to PostgreSQL at {shown}: {e}"))?;
     Ok(pool)
+}
+
+/// Whether a database error says "not now" rather than "never": the database is unreachable or
+/// restarting, the connection was killed, the pool is exhausted, or a statement ran into the
+/// statement or lock timeout that [`connect`] sets. The request had no effect (its transaction
+/// rolled back), so it may be retried. The one rule for every path and the API.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
+        E::Database(db) => db.code().is_some_and(|code| {
+            // 08: connection exception; 53: insufficient resources (too many connections);
+            // 57P: the server is shutting down or starting, or ended the session;
+            // 57014: statement_timeout; 55P03: lock_timeout; 40001/40P01: serialization
+            // failure, deadlock.
+            code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || matches!(code.as_ref(), "57014" | "55P03" | "40001" | "40P01")
+        }),
+        _ => false,
+    }
 }
 
 /// An item as the API shows it.
@@ -103,7 +124,7 @@ pub async fn create_item(pool: &PgPool, name: &str, stock: i64) -> sqlx::Result<
 
 /// Creates an item of any kind.
 pub async fn create_item_spec(pool: &PgPool, name: &str, spec: &ItemSpec) -> sqlx::Result<Item> {
-    let rules = spec.rules();
+    let rules = ItemRules::from(*spec);
     let total = match *spec {
         ItemSpec::Goods { .. } => None,
         ItemSpec::RedPacket { total, .. } => Some(total),
@@ -257,7 +278,7 @@ pub async fn record_sold_out_at_the_door(
     .bind(&items)
     .bind(&users)
     .bind(Status::SoldOut.as_str())
-    .bind(crate::consumer::partition::PATH)
+    .bind(PathName::Queue.as_str())
     .bind(&quantities)
     .fetch_all(pool)
     .await?;
@@ -334,9 +355,10 @@ pub enum RestockError {
 /// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
 /// units, and a red packet's amount left. `None` when the item does not exist.
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some((stock_remaining, per_user_limit, packet_remaining)) =
-        sqlx::query_as::<_, (i64, i64, Option<i64>)>(
-            "SELECT stock_remaining, per_user_limit, packet_remaining FROM items WHERE id = $1",
+    let Some((stock_remaining, kind, per_user_limit, packet_remaining)) =
+        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>)>(
+            "SELECT stock_remaining, kind, per_user_limit, packet_remaining
+             FROM items WHERE id = $1",
         )
         .bind(item_id)
         .fetch_optional(pool)
@@ -355,7 +377,10 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
             .into_iter()
             .map(|(user, order_id, units)| (user, Holding { order_id, units }))
             .collect(),
-        per_user_limit,
+        rules: ItemRules {
+            kind,
+            per_user_limit,
+        },
         packet_remaining,
     }))
 }
@@ -409,87 +434,21 @@ pub enum CommitError {
 /// before it takes over).
 pub async fn commit_batch(
     pool: &PgPool,
-    path: &str,
+    path: PathName,
     batch: &BatchDecision,
     fence: &Fence,
 ) -> Result<(), CommitError> {
     if batch.new_outcomes.is_empty() {
         return Ok(());
     }
-    let orders = &batch.new_orders;
-    let order_ids: Vec<Uuid> = orders.iter().map(|o| o.order_id).collect();
-    let order_items: Vec<ItemId> = orders.iter().map(|o| o.item_id).collect();
-    let order_users: Vec<&str> = orders.iter().map(|o| o.user_id.as_str()).collect();
-    let order_requests: Vec<Uuid> = orders.iter().map(|o| o.request_id).collect();
-    let order_quantities: Vec<i64> = orders.iter().map(|o| o.quantity).collect();
-    let order_limits: Vec<i64> = orders.iter().map(|o| o.per_user_limit).collect();
-    let order_amounts: Vec<Option<i64>> = orders.iter().map(|o| o.amount).collect();
-    let (grown_orders, grown_units): (Vec<Uuid>, Vec<i64>) =
-        batch.more_units.iter().map(|(id, n)| (*id, *n)).unzip();
-    let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
-        batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
-    let sold_spent: Vec<i64> = sold_items
-        .iter()
-        .map(|id| batch.spent.get(id).copied().unwrap_or(0))
-        .collect();
-    let outs = &batch.new_outcomes;
-    let request_ids: Vec<Uuid> = outs.iter().map(|o| o.outcome.request_id).collect();
-    let items: Vec<ItemId> = outs.iter().map(|o| o.item_id).collect();
-    let users: Vec<&str> = outs.iter().map(|o| o.user_id.as_str()).collect();
-    let statuses: Vec<&str> = outs.iter().map(|o| o.outcome.status.as_str()).collect();
-    let outcome_orders: Vec<Option<Uuid>> = outs.iter().map(|o| o.outcome.order_id).collect();
-    let quantities: Vec<i64> = outs.iter().map(|o| o.quantity).collect();
-
-    // Data-modifying CTEs run as one statement; the foreign keys are checked at its end, when
-    // the new orders exist. An order grown here was committed by an earlier batch (one created
-    // in this batch is inserted with all its units), so the two never touch the same row.
-    let written = sqlx::query(
-        "WITH fence AS (
-             SELECT 1 FROM partition_epochs WHERE queue = $13 AND epoch = $14 FOR SHARE
-         ), new_orders AS (
-             INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit, amount)
-             SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[],
-                                  $15::bigint[], $16::bigint[], $17::bigint[])
-             WHERE EXISTS (SELECT 1 FROM fence)
-         ), grown AS (
-             UPDATE orders SET quantity = orders.quantity + g.units
-             FROM UNNEST($18::uuid[], $19::bigint[]) AS g(id, units)
-             WHERE orders.id = g.id AND EXISTS (SELECT 1 FROM fence)
-         ), stock AS (
-             UPDATE items SET stock_remaining = items.stock_remaining - d.sold,
-                              packet_remaining = items.packet_remaining - d.spent
-             FROM UNNEST($5::bigint[], $6::bigint[], $20::bigint[]) AS d(id, sold, spent)
-             WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)
-         )
-         INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
-         SELECT r, i, u, s, o, $12, q
-         FROM UNNEST($7::uuid[], $8::bigint[], $9::text[], $10::text[], $11::uuid[],
-                     $21::bigint[]) AS t(r, i, u, s, o, q)
-         WHERE EXISTS (SELECT 1 FROM fence)",
-    )
-    .bind(&order_ids)
-    .bind(&order_items)
-    .bind(&order_users)
-    .bind(&order_requests)
-    .bind(&sold_items)
-    .bind(&sold_counts)
-    .bind(&request_ids)
-    .bind(&items)
-    .bind(&users)
-    .bind(&statuses)
-    .bind(&outcome_orders)
-    .bind(path)
-    .bind(&fence.queue)
-    .bind(fence.epoch)
-    .bind(&order_quantities)
-    .bind(&order_limits)
-    .bind(&order_amounts)
-    .bind(&grown_orders)
-    .bind(&grown_units)
-    .bind(&sold_spent)
-    .bind(&quantities)
-    .execute(pool)
-    .await?;
+    let columns = BatchColumns::of(batch);
+    let written = columns
+        .bind(sqlx::query(GROUP_COMMIT))
+        .bind(path.as_str())
+        .bind(&fence.queue)
+        .bind(fence.epoch)
+        .execute(pool)
+        .await?;
     if written.rows_affected() == 0 {
         return Err(CommitError::Fenced {
             queue: fence.queue.clone(),
@@ -498,3 +457,112 @@ pub async fn commit_batch(
     }
     Ok(())
 }
+
+/// The statement of [`commit_batch`]: `$1`–`$18` are [`BatchColumns`], `$19` the path, `$20` and
+/// `$21` the fence. Data-modifying CTEs run as one statement; the foreign keys are checked at its
+/// end, when the new orders exist. An order grown here was committed by an earlier batch (one
+/// created in this batch is inserted with all its units), so the two never touch the same row.
+const GROUP_COMMIT: &str = "WITH fence AS (
+         SELECT 1 FROM partition_epochs WHERE queue = $20 AND epoch = $21 FOR SHARE
+     ), new_orders AS (
+         INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit, amount)
+         SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[], $4::uuid[],
+                              $5::bigint[], $6::bigint[], $7::bigint[])
+         WHERE EXISTS (SELECT 1 FROM fence)
+     ), grown AS (
+         UPDATE orders SET quantity = orders.quantity + g.units
+         FROM UNNEST($8::uuid[], $9::bigint[]) AS g(id, units)
+         WHERE orders.id = g.id AND EXISTS (SELECT 1 FROM fence)
+     ), stock AS (
+         UPDATE items SET stock_remaining = items.stock_remaining - d.sold,
+                          packet_remaining = items.packet_remaining - d.spent
+         FROM UNNEST($10::bigint[], $11::bigint[], $12::bigint[]) AS d(id, sold, spent)
+         WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)
+     )
+     INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
+     SELECT r, i, u, s, o, $19, q
+     FROM UNNEST($13::uuid[], $14::bigint[], $15::text[], $16::text[], $17::uuid[],
+                 $18::bigint[]) AS t(r, i, u, s, o, q)
+     WHERE EXISTS (SELECT 1 FROM fence)";
+
+/// A batch's writes as one array per column, the form `UNNEST` takes them in: any batch size is
+/// the same statement.
+struct BatchColumns<'a> {
+    order_ids: Vec<Uuid>,
+    order_items: Vec<ItemId>,
+    order_users: Vec<&'a str>,
+    order_requests: Vec<Uuid>,
+    order_quantities: Vec<i64>,
+    order_limits: Vec<i64>,
+    order_amounts: Vec<Option<i64>>,
+    grown_orders: Vec<Uuid>,
+    grown_units: Vec<i64>,
+    sold_items: Vec<ItemId>,
+    sold_counts: Vec<i64>,
+    sold_spent: Vec<i64>,
+    request_ids: Vec<Uuid>,
+    items: Vec<ItemId>,
+    users: Vec<&'a str>,
+    statuses: Vec<&'static str>,
+    outcome_orders: Vec<Option<Uuid>>,
+    quantities: Vec<i64>,
+}
+
+impl<'a> BatchColumns<'a> {
+    fn of(batch: &'a BatchDecision) -> Self {
+        let orders = &batch.new_orders;
+        let (grown_orders, grown_units) = batch.more_units.iter().map(|(id, n)| (*id, *n)).unzip();
+        let (sold_items, sold_counts): (Vec<ItemId>, Vec<i64>) =
+            batch.sold.iter().map(|(id, n)| (*id, *n)).unzip();
+        let sold_spent = sold_items
+            .iter()
+            .map(|id| batch.spent.get(id).copied().unwrap_or(0))
+            .collect();
+        let outs = &batch.new_outcomes;
+        Self {
+            order_ids: orders.iter().map(|o| o.order_id).collect(),
+            order_items: orders.iter().map(|o| o.item_id).collect(),
+            order_users: orders.iter().map(|o| o.user_id.as_str()).collect(),
+            order_requests: orders.iter().map(|o| o.request_id).collect(),
+            order_quantities: orders.iter().map(|o| o.quantity).collect(),
+            order_limits: orders.iter().map(|o| o.per_user_limit).collect(),
+            order_amounts: orders.iter().map(|o| o.amount).collect(),
+            grown_orders,
+            grown_units,
+            sold_items,
+            sold_counts,
+            sold_spent,
+            request_ids: outs.iter().map(|o| o.outcome.request_id).collect(),
+            items: outs.iter().map(|o| o.item_id).collect(),
+            users: outs.iter().map(|o| o.user_id.as_str()).collect(),
+            statuses: outs.iter().map(|o| o.outcome.status.as_str()).collect(),
+            outcome_orders: outs.iter().map(|o| o.outcome.order_id).collect(),
+            quantities: outs.iter().map(|o| o.quantity).collect(),
+        }
+    }
+
+    /// Binds `$1`–`$18` of [`GROUP_COMMIT`], in order.
+    fn bind<'q>(&'q self, query: PgQuery<'q>) -> PgQuery<'q> {
+        query
+            .bind(&self.order_ids)
+            .bind(&self.order_items)
+            .bind(&self.order_users)
+            .bind(&self.order_requests)
+            .bind(&self.order_quantities)
+            .bind(&self.order_limits)
+            .bind(&self.order_amounts)
+            .bind(&self.grown_orders)
+            .bind(&self.grown_units)
+            .bind(&self.sold_items)
+            .bind(&self.sold_counts)
+            .bind(&self.sold_spent)
+            .bind(&self.request_ids)
+            .bind(&self.items)
+            .bind(&self.users)
+            .bind(&self.statuses)
+            .bind(&self.outcome_orders)
+            .bind(&self.quantities)
+    }
+}
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;

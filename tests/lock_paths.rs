@@ -19,6 +19,7 @@ use seckill::domain::{ItemId, Status};
 use seckill::paths::redis_lock::RedisLock;
 use seckill::paths::redis_store::RedisStore;
 use seckill::paths::{self, PathError, Pause, Registry};
+use seckill::sale::PathName;
 
 /// Units on sale in the concurrency tests: far below demand.
 const STOCK: i64 = 100;
@@ -348,7 +349,7 @@ async fn a_failed_database_write_leaves_redis_as_it_was() {
 async fn a_repeated_request_id_is_one_request_on_every_path() {
     let env = TestEnv::new().await;
     let api = env.start_api(None).await;
-    for path in &paths::NAMES[1..] {
+    for path in &PathName::ALL[1..] {
         let item = api.create_item(10).await;
         let request_id = Uuid::new_v4();
         let body = json!({"item_id": item, "user_id": "alice", "request_id": request_id});
@@ -384,8 +385,8 @@ async fn the_path_parameter_picks_the_path() {
     let (status, body) = api.post("/orders?path=bogus", order.clone()).await;
     assert_eq!(status, 400, "{body}");
     let message = body["error"].as_str().unwrap();
-    for name in paths::NAMES {
-        assert!(message.contains(name), "{message}");
+    for name in PathName::ALL {
+        assert!(message.contains(name.as_str()), "{message}");
     }
     assert!(message.contains("UNSAFE"), "{message}");
 
@@ -469,7 +470,10 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
     let registry = Registry::new(dead_pool, &env.path_args()).unwrap();
     let started = Instant::now();
     let result = registry
-        .purchase(registry.get("conditional").unwrap(), &request(item, "dave"))
+        .purchase(
+            registry.get(PathName::Conditional).unwrap(),
+            &request(item, "dave"),
+        )
         .await;
     assert!(
         matches!(result, Err(PathError::Unavailable(_))),

@@ -1,15 +1,20 @@
 //! The API's errors. Each variant's doc names its HTTP status. Every error body is JSON
 //! `{"error": "..."}`; database and unexpected errors answer 500 with the detail logged, never
-//! sent to the client.
+//! sent to the client. Every 503 says when to come back (`Retry-After`): it is given only for a
+//! condition that passes, and the request had no effect.
 
 use axum::Json;
-use axum::http::StatusCode;
+use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::broker::publisher::PublishError;
 use crate::domain::InvalidInput;
 use crate::paths::PathError;
+use crate::store::is_transient;
+
+/// Seconds a client told 503 should wait before retrying: the in-flight bound's answer too.
+pub const RETRY_AFTER_SECS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -29,7 +34,8 @@ pub enum ApiError {
     #[error("the request was not accepted: {0}; retry with the same request_id")]
     Unavailable(String),
     /// 503 when the database is down, restarting, overloaded or timed out (see
-    /// [`is_transient`]): nothing was decided, retrying is safe. Else 500, detail logged only.
+    /// [`crate::store::is_transient`]): nothing was decided, retrying is safe. Else 500, detail
+    /// logged only.
     #[error(transparent)]
     Database(#[from] sqlx::Error),
     /// 500, detail logged only.
@@ -54,6 +60,29 @@ impl ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_transient(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// What the client is told; the detail of a database or internal error is logged instead.
+    fn public_message(&self) -> String {
+        match self {
+            ApiError::Database(e) if is_transient(e) => {
+                tracing::warn!(error = %e, "request refused: database unavailable or overloaded");
+                "the database is unavailable; retry later (with the same request_id)".into()
+            }
+            ApiError::Database(e) => {
+                tracing::error!(error = %e, "database error");
+                "internal error".into()
+            }
+            ApiError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                "internal error".into()
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(%detail, "request refused: dependency unavailable");
+                self.to_string()
+            }
+            _ => self.to_string(),
         }
     }
 }
@@ -82,55 +111,11 @@ impl From<PathError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = match &self {
-            ApiError::Database(e) if is_transient(e) => {
-                tracing::warn!(error = %e, "request refused: database unavailable or overloaded");
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Json(json!({
-                        "error": "the database is unavailable; retry later (with the same request_id)"
-                    })),
-                )
-                    .into_response();
-            }
-            ApiError::Database(e) => {
-                tracing::error!(error = %e, "database error");
-                "internal error".to_string()
-            }
-            ApiError::Internal(e) => {
-                tracing::error!(error = %format!("{e:#}"), "internal error");
-                "internal error".to_string()
-            }
-            ApiError::Unavailable(detail) => {
-                tracing::warn!(%detail, "request refused: dependency unavailable");
-                self.to_string()
-            }
-            _ => self.to_string(),
-        };
-        (status, Json(json!({ "error": message }))).into_response()
-    }
-}
-
-/// Whether a database error says "not now" rather than "never": the database is unreachable or
-/// restarting, the connection was killed, the pool is exhausted, or a statement ran into
-/// `statement_timeout`/`lock_timeout` (set per connection by `store::connect`). The request had
-/// no effect (its transaction rolled back), so the client may retry it.
-pub fn is_transient(e: &sqlx::Error) -> bool {
-    use sqlx::Error as E;
-    match e {
-        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => true,
-        E::Database(db) => db.code().is_some_and(|code| {
-            // 08: connection exception; 53: insufficient resources (too many connections);
-            // 57P01-57P03: admin/crash shutdown, cannot connect now; 57014: statement_timeout;
-            // 55P03: lock_timeout; 40001/40P01: serialization failure, deadlock.
-            code.starts_with("08")
-                || code.starts_with("53")
-                || matches!(
-                    code.as_ref(),
-                    "57P01" | "57P02" | "57P03" | "57014" | "55P03" | "40001" | "40P01"
-                )
-        }),
-        _ => false,
+        let body = Json(json!({ "error": self.public_message() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return (status, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
+        }
+        (status, body).into_response()
     }
 }
 
@@ -153,6 +138,38 @@ mod tests {
         assert_eq!(
             ApiError::Database(sqlx::Error::RowNotFound).status(),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn every_503_says_when_to_retry_and_no_other_answer_does() {
+        let retry_after = |e: ApiError| {
+            let response = e.into_response();
+            let header = response.headers().get(header::RETRY_AFTER).cloned();
+            (
+                response.status(),
+                header.map(|h| h.to_str().unwrap().to_owned()),
+            )
+        };
+        let one = Some(RETRY_AFTER_SECS.to_owned());
+        let unavailable = StatusCode::SERVICE_UNAVAILABLE;
+        assert_eq!(
+            retry_after(ApiError::Database(sqlx::Error::PoolTimedOut)),
+            (unavailable, one.clone())
+        );
+        assert_eq!(
+            retry_after(ApiError::Unavailable("broker".into())),
+            (unavailable, one.clone())
+        );
+        let redis_down = PathError::Unavailable("redis is unavailable".into());
+        assert_eq!(retry_after(redis_down.into()), (unavailable, one));
+        assert_eq!(
+            retry_after(ApiError::Database(sqlx::Error::RowNotFound)),
+            (StatusCode::INTERNAL_SERVER_ERROR, None)
+        );
+        assert_eq!(
+            retry_after(ApiError::NotFound("item")),
+            (StatusCode::NOT_FOUND, None)
         );
     }
 }

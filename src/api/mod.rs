@@ -42,8 +42,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker::publisher::Publisher;
 use crate::config::ApiLimits;
-use crate::domain::{ItemId, ItemRules};
+use crate::domain::ItemId;
 use crate::paths::Registry;
+use crate::sale::ItemRules;
 use crate::shedding::Shedder;
 use accepted::AcceptedLog;
 

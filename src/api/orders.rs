@@ -12,16 +12,17 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
-use crate::domain::{ItemId, ItemKind, ItemRules, OrderRequest, Outcome, validate_user_id};
-use crate::paths;
+use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome, validate_user_id};
+use crate::sale::{ItemRules, PathName, UnknownPath};
 use crate::store::{self, RequestState};
 
 /// Longest `?wait=` honoured, in milliseconds.
 pub const WAIT_MS_MAX: u64 = 30_000;
 
+/// The body of `POST /orders`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NewOrder {
+pub struct OrderBody {
     pub item_id: ItemId,
     pub user_id: String,
     /// Idempotency key; generated when absent.
@@ -34,7 +35,8 @@ pub struct NewOrder {
 pub struct OrderParams {
     /// Milliseconds to wait for the decision before answering `202`.
     pub wait: Option<u64>,
-    /// Purchase path: `queue` (the default) or one of the synchronous [`paths::NAMES`].
+    /// Purchase path: `queue` (the default) or one of the synchronous paths ([`PathName`]).
+    /// Parsed by the handler, so an unknown name gets the API's own 400 naming the valid ones.
     pub path: Option<String>,
 }
 
@@ -79,20 +81,16 @@ impl From<Outcome> for OrderStatus {
 pub async fn create(
     State(state): State<AppState>,
     Query(params): Query<OrderParams>,
-    Json(new): Json<NewOrder>,
+    Json(new): Json<OrderBody>,
 ) -> Result<Response, ApiError> {
-    let sync_path = match params.path.as_deref() {
-        None | Some("queue") => None,
-        Some(name) => Some(state.paths.get(name).ok_or_else(|| {
-            ApiError::client(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "unknown path {name:?}; valid paths: {} (naive is UNSAFE: it oversells)",
-                    paths::NAMES.join(", ")
-                ),
-            )
-        })?),
+    let path = match params.path.as_deref() {
+        None => PathName::Queue,
+        Some(name) => name
+            .parse()
+            .map_err(|e: UnknownPath| ApiError::client(StatusCode::BAD_REQUEST, e.to_string()))?,
     };
+    // `None`: the queue path.
+    let sync_path = state.paths.get(path);
     validate_user_id(&new.user_id)?;
     let Some(rules) = state.item_rules(new.item_id).await? else {
         return Err(ApiError::NotFound("item"));

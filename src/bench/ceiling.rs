@@ -187,7 +187,7 @@ pub async fn database_alone(
             }
         }
         let decision = sequencer.decide_batch(batch, &stored, Uuid::now_v7);
-        store::commit_batch(pool, "ceiling-db", &decision, &fence).await?;
+        store::commit_batch(pool, crate::sale::PathName::Queue, &decision, &fence).await?;
     }
     Ok(requests.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
 }

@@ -46,9 +46,9 @@ const SOLD_OUT_TTL_MS: u64 = 5000;
 /// Every path, in report order: `queue` (seckill's own) first, then the same without sold-out
 /// shedding, the unsafe `naive` last.
 pub fn all_paths() -> Vec<&'static str> {
-    let mut names: Vec<&'static str> = paths::NAMES
+    let mut names: Vec<&'static str> = crate::sale::PathName::ALL
         .iter()
-        .copied()
+        .map(|p| p.as_str())
         .filter(|n| *n != "naive")
         .collect();
     names.insert(1, QUEUE_NO_SHED);
@@ -681,7 +681,7 @@ async fn send_direct(bench: &Bench, path: &str, item_id: i64, user: &str) -> Str
         };
     }
     let registry = bench.registry.as_ref().expect("direct mode has the paths");
-    let Some(lock_path) = registry.get(path) else {
+    let Some(lock_path) = path.parse().ok().and_then(|name| registry.get(name)) else {
         return "error".into();
     };
     match registry.purchase(lock_path, &request).await {

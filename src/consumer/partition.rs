@@ -29,14 +29,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
-use super::sequencer::{ItemState, Sequencer};
+use super::sequencer::Sequencer;
 use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
 use crate::domain::{ItemId, OrderRequest, Outcome};
+use crate::sale::{ItemState, PathName};
 use crate::store::{self, CommitError, Fence};
 
 /// Path name recorded with the outcomes this consumer decides.
-pub const PATH: &str = "queue";
+pub const PATH: PathName = PathName::Queue;
 
 pub(crate) async fn run(
     context: Arc<Context>,

@@ -8,210 +8,20 @@
 //! Why it needs no lock: for each item exactly one sequencer is alive (one active consumer per
 //! partition queue, and an item always routes to the same partition), so nothing else changes
 //! the item's stock or buyers while it decides. The database constraints remain as a backstop.
+//!
+//! What it decides with is the sale's vocabulary ([`crate::sale`]): each item's [`ItemState`],
+//! whose rule is the one the lock-based paths apply too; what it adds is the batch — repeats
+//! answered alike, and one [`BatchDecision`] for the group commit.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
-
-/// What the sequencer knows about one item: rebuilt from the database on first use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemState {
-    /// Units left to sell (for a red packet: shares left). Never negative.
-    pub stock_remaining: i64,
-    /// Users holding an order for this item, with the order and the units it holds.
-    pub buyers: HashMap<String, Holding>,
-    /// Units one user may hold in total.
-    pub per_user_limit: i64,
-    /// A red packet's amount not yet paid out, in minor units, to be split among the
-    /// `stock_remaining` shares left; `None` for goods.
-    pub packet_remaining: Option<i64>,
-}
-
-/// One user's order for an item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Holding {
-    pub order_id: Uuid,
-    pub units: i64,
-}
-
-impl Default for ItemState {
-    fn default() -> Self {
-        Self::goods(0, 1)
-    }
-}
-
-/// What [`ItemState::decide`] decided for one request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing sold: `AlreadyPurchased` or `SoldOut`.
-    Refused(Status),
-    /// Sold: into the user's existing order, or (`new_order`) into a new one.
-    Sold {
-        order_id: Uuid,
-        new_order: bool,
-        /// The red packet share drawn; `None` for goods.
-        amount: Option<i64>,
-    },
-}
-
-impl ItemState {
-    /// True when no request can be sold anything any more (until a restock).
-    pub fn is_sold_out(&self) -> bool {
-        self.stock_remaining == 0
-    }
-
-    /// Goods nobody has bought yet.
-    pub fn goods(stock: i64, per_user_limit: i64) -> Self {
-        Self {
-            stock_remaining: stock,
-            buyers: HashMap::new(),
-            per_user_limit,
-            packet_remaining: None,
-        }
-    }
-
-    /// A red packet nobody has grabbed yet.
-    pub fn red_packet(total: i64, shares: i64) -> Self {
-        Self {
-            packet_remaining: Some(total),
-            ..Self::goods(shares, 1)
-        }
-    }
-
-    /// Why no request may ask this quantity of this item (`None`: it may). Such a request is
-    /// refused before deciding, like a request for an unknown item; the API refuses it too.
-    pub fn refusal(&self, quantity: i64) -> Option<String> {
-        let kind = if self.packet_remaining.is_some() {
-            crate::domain::ItemKind::RedPacket
-        } else {
-            crate::domain::ItemKind::Goods
-        };
-        let rules = crate::domain::ItemRules {
-            kind,
-            per_user_limit: self.per_user_limit,
-        };
-        rules.check_quantity(quantity).err().map(|e| e.0)
-    }
-
-    /// Applies the rules to one request. The limit check comes first: a repeat buyer must never
-    /// take stock, and is told `already_purchased` even when stock has run out. A red packet
-    /// draws the share here, from what is left (see [`draw_share`]). The quantity must pass
-    /// [`ItemState::refusal`].
-    pub fn decide(
-        &mut self,
-        user_id: &str,
-        quantity: i64,
-        rng: &mut impl Rng,
-        new_order_id: impl FnOnce() -> Uuid,
-    ) -> Verdict {
-        debug_assert!(self.refusal(quantity).is_none(), "quantity {quantity}");
-        let held = self.buyers.get(user_id).map_or(0, |h| h.units);
-        if held + quantity > self.per_user_limit {
-            return Verdict::Refused(Status::AlreadyPurchased);
-        }
-        if quantity > self.stock_remaining {
-            return Verdict::Refused(Status::SoldOut);
-        }
-        let amount = self.packet_remaining.map(|rest| {
-            let share = draw_share(rest, self.stock_remaining, rng);
-            self.packet_remaining = Some(rest - share);
-            share
-        });
-        self.stock_remaining -= quantity;
-        debug_assert!(self.stock_remaining >= 0, "stock went negative");
-        debug_assert!(
-            self.packet_remaining
-                .is_none_or(|rest| rest >= self.stock_remaining),
-            "a share left without its minor unit"
-        );
-        if let Some(holding) = self.buyers.get_mut(user_id) {
-            holding.units += quantity;
-            return Verdict::Sold {
-                order_id: holding.order_id,
-                new_order: false,
-                amount,
-            };
-        }
-        let order_id = new_order_id();
-        self.buyers.insert(
-            user_id.to_owned(),
-            Holding {
-                order_id,
-                units: quantity,
-            },
-        );
-        Verdict::Sold {
-            order_id,
-            new_order: true,
-            amount,
-        }
-    }
-}
-
-/// One red packet share out of `remaining` minor units left for `shares` shares, by the "double
-/// average" method: uniform in `[1, 2 · remaining / shares − 1]`, and the last share takes what
-/// is left. Every share is at least 1 and at most what leaves 1 for each later share, so the
-/// shares sum exactly to the total and none is zero (needs `remaining >= shares >= 1`). The mean
-/// share is the average left, so early and late grabbers expect the same.
-pub fn draw_share(remaining: i64, shares: i64, rng: &mut impl Rng) -> i64 {
-    assert!(
-        shares >= 1 && remaining >= shares,
-        "{remaining} for {shares} shares"
-    );
-    if shares == 1 {
-        return remaining;
-    }
-    let double_average = i64::try_from(2 * i128::from(remaining) / i128::from(shares) - 1)
-        .expect("remaining is bounded by PACKET_TOTAL_MAX");
-    let max = double_average.clamp(1, remaining - (shares - 1));
-    rng.random_range(1..=max)
-}
-
-/// A new order to insert.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOrder {
-    pub order_id: Uuid,
-    pub request_id: Uuid,
-    pub item_id: ItemId,
-    pub user_id: String,
-    /// Units it holds: this request's, plus those of the same user's later requests in the batch.
-    pub quantity: i64,
-    /// The item's limit (the database checks `quantity` against it).
-    pub per_user_limit: i64,
-    /// The red packet share; `None` for goods.
-    pub amount: Option<i64>,
-}
-
-/// A decision made in this batch, to be stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOutcome {
-    pub outcome: Outcome,
-    pub item_id: ItemId,
-    pub user_id: String,
-    /// Units the request asked for.
-    pub quantity: i64,
-}
-
-/// Everything one batch decided: what to write, and what to answer.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct BatchDecision {
-    /// One outcome per input request, in input order (repeats and stored ones included).
-    pub answers: Vec<Outcome>,
-    /// Decisions that are new and must be committed.
-    pub new_outcomes: Vec<NewOutcome>,
-    pub new_orders: Vec<NewOrder>,
-    /// Units added to orders committed before this batch, per order.
-    pub more_units: HashMap<Uuid, i64>,
-    /// Units sold per item in this batch, for the single stock update per item.
-    pub sold: HashMap<ItemId, i64>,
-    /// Red packet amounts paid out per item in this batch, for the same update.
-    pub spent: HashMap<ItemId, i64>,
-}
+use crate::sale::{BatchDecision, ItemState, NewOrder, NewOutcome, Sold};
 
 /// Per-partition decider: the in-memory state of the items it has seen recently.
 #[derive(Debug)]
@@ -321,80 +131,95 @@ impl Sequencer {
         stored: &HashMap<Uuid, Outcome>,
         mut new_order_id: impl FnMut() -> Uuid,
     ) -> BatchDecision {
-        let mut decision = BatchDecision::default();
-        // Requests decided earlier in this same batch: a repeat gets the same answer.
-        let mut decided_here: HashMap<Uuid, Outcome> = HashMap::new();
-        // Orders created in this batch, by id: their index in `new_orders`.
-        let mut orders_here: HashMap<Uuid, usize> = HashMap::new();
+        let mut batch = BatchBuilder::default();
         for request in requests {
             if let Some(outcome) = stored
                 .get(&request.request_id)
-                .or_else(|| decided_here.get(&request.request_id))
+                .or_else(|| batch.decided_here.get(&request.request_id))
             {
-                decision.answers.push(*outcome);
+                batch.decision.answers.push(*outcome);
                 continue;
             }
             let state = self
                 .items
                 .get_mut(&request.item_id)
                 .expect("decide_batch: item state must be loaded before deciding");
-            let verdict = state.decide(
+            let outcome = match state.decide(
                 &request.user_id,
                 request.quantity,
                 &mut self.rng,
                 &mut new_order_id,
-            );
-            let outcome = match verdict {
-                Verdict::Refused(status) => Outcome {
+            ) {
+                Err(refusal) => Outcome {
                     request_id: request.request_id,
-                    status,
+                    status: refusal.status(),
                     order_id: None,
                     amount: None,
                 },
-                Verdict::Sold {
-                    order_id,
-                    new_order,
-                    amount,
-                } => {
-                    if new_order {
-                        orders_here.insert(order_id, decision.new_orders.len());
-                        decision.new_orders.push(NewOrder {
-                            order_id,
-                            request_id: request.request_id,
-                            item_id: request.item_id,
-                            user_id: request.user_id.clone(),
-                            quantity: request.quantity,
-                            per_user_limit: state.per_user_limit,
-                            amount,
-                        });
-                    } else if let Some(&index) = orders_here.get(&order_id) {
-                        // Created in this batch: the insert carries all its units.
-                        decision.new_orders[index].quantity += request.quantity;
-                    } else {
-                        *decision.more_units.entry(order_id).or_insert(0) += request.quantity;
-                    }
-                    *decision.sold.entry(request.item_id).or_insert(0) += request.quantity;
-                    if let Some(amount) = amount {
-                        *decision.spent.entry(request.item_id).or_insert(0) += amount;
-                    }
-                    Outcome {
-                        request_id: request.request_id,
-                        status: Status::Purchased,
-                        order_id: Some(order_id),
-                        amount,
-                    }
-                }
+                Ok(sold) => batch.sell(request, sold, state.rules.per_user_limit),
             };
-            decision.new_outcomes.push(NewOutcome {
-                outcome,
+            batch.record(request, outcome);
+        }
+        batch.decision
+    }
+}
+
+/// A batch's decision while it is being made, with what it needs to find repeats and the
+/// orders it created.
+#[derive(Default)]
+struct BatchBuilder {
+    decision: BatchDecision,
+    /// Requests decided earlier in this same batch: a repeat gets the same answer.
+    decided_here: HashMap<Uuid, Outcome>,
+    /// Orders created in this batch, by id: their index in `decision.new_orders`.
+    orders_here: HashMap<Uuid, usize>,
+}
+
+impl BatchBuilder {
+    /// Adds a sale to what the batch writes: a new order, or units onto the user's order (one
+    /// created in this batch, whose insert then carries all its units, or an older one), and the
+    /// item's stock (and amount) taken. Returns the request's outcome.
+    fn sell(&mut self, request: &OrderRequest, sold: Sold, per_user_limit: i64) -> Outcome {
+        let decision = &mut self.decision;
+        if sold.new_order {
+            self.orders_here
+                .insert(sold.order_id, decision.new_orders.len());
+            decision.new_orders.push(NewOrder {
+                order_id: sold.order_id,
+                request_id: request.request_id,
                 item_id: request.item_id,
                 user_id: request.user_id.clone(),
                 quantity: request.quantity,
+                per_user_limit,
+                amount: sold.amount,
             });
-            decided_here.insert(request.request_id, outcome);
-            decision.answers.push(outcome);
+        } else if let Some(&index) = self.orders_here.get(&sold.order_id) {
+            decision.new_orders[index].quantity += request.quantity;
+        } else {
+            *decision.more_units.entry(sold.order_id).or_insert(0) += request.quantity;
         }
-        decision
+        *decision.sold.entry(request.item_id).or_insert(0) += request.quantity;
+        if let Some(amount) = sold.amount {
+            *decision.spent.entry(request.item_id).or_insert(0) += amount;
+        }
+        Outcome {
+            request_id: request.request_id,
+            status: Status::Purchased,
+            order_id: Some(sold.order_id),
+            amount: sold.amount,
+        }
+    }
+
+    /// Stores the request's new outcome and answers it.
+    fn record(&mut self, request: &OrderRequest, outcome: Outcome) {
+        self.decision.new_outcomes.push(NewOutcome {
+            outcome,
+            item_id: request.item_id,
+            user_id: request.user_id.clone(),
+            quantity: request.quantity,
+        });
+        self.decided_here.insert(request.request_id, outcome);
+        self.decision.answers.push(outcome);
     }
 }
 
@@ -403,6 +228,7 @@ mod tests {
     use std::collections::HashSet;
 
     use super::*;
+    use crate::sale::draw_share;
 
     fn request(item_id: ItemId, user: &str) -> OrderRequest {
         units(item_id, user, 1)

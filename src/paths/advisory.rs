@@ -13,7 +13,8 @@
 use sqlx::PgPool;
 
 use super::{LockedItem, PathError, PurchasePath, decide_locked};
-use crate::domain::{OrderRequest, Outcome};
+use crate::domain::{ItemKind, OrderRequest, Outcome};
+use crate::sale::PathName;
 
 pub struct Advisory {
     pool: PgPool,
@@ -27,8 +28,8 @@ impl Advisory {
 
 #[async_trait::async_trait]
 impl PurchasePath for Advisory {
-    fn name(&self) -> &'static str {
-        "advisory"
+    fn name(&self) -> PathName {
+        PathName::Advisory
     }
 
     fn sells_quantities(&self) -> bool {
@@ -42,23 +43,19 @@ impl PurchasePath for Advisory {
             .execute(&mut *tx)
             .await?;
         // Read after the lock was granted: this snapshot includes every earlier holder's sale.
-        let (stock, per_user_limit, order_id, units): (i64, i64, Option<uuid::Uuid>, Option<i64>) =
-            sqlx::query_as(
-                "SELECT i.stock_remaining, i.per_user_limit, o.id, o.quantity
-                 FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
-                 WHERE i.id = $1",
-            )
-            .bind(request.item_id)
-            .bind(&request.user_id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or(PathError::NoSuchItem)?;
+        type Row = (i64, ItemKind, i64, Option<uuid::Uuid>, Option<i64>);
+        let (stock, kind, per_user_limit, order_id, units): Row = sqlx::query_as(
+            "SELECT i.stock_remaining, i.kind, i.per_user_limit, o.id, o.quantity
+             FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
+             WHERE i.id = $1",
+        )
+        .bind(request.item_id)
+        .bind(&request.user_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(PathError::NoSuchItem)?;
 
-        let item = LockedItem {
-            stock,
-            per_user_limit,
-            holding: order_id.zip(units),
-        };
+        let item = LockedItem::from_row((stock, kind, per_user_limit), order_id.zip(units));
         let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)

@@ -15,6 +15,7 @@ use sqlx::PgPool;
 
 use super::{PathError, PurchasePath, insert_order, record_outcome};
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 pub struct Conditional {
     pool: PgPool,
@@ -28,8 +29,8 @@ impl Conditional {
 
 #[async_trait::async_trait]
 impl PurchasePath for Conditional {
-    fn name(&self) -> &'static str {
-        "conditional"
+    fn name(&self) -> PathName {
+        PathName::Conditional
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
@@ -40,7 +41,7 @@ impl PurchasePath for Conditional {
 /// The conditional transaction, recording the decision under `path`.
 pub async fn sell(
     pool: &PgPool,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
     let mut tx = pool.begin().await?;

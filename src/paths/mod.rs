@@ -9,7 +9,8 @@
 //! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
 //!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
 //! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory),
-//!   any quantity up to the item's per-user limit.
+//!   any quantity up to the item's per-user limit, by the sale's one rule
+//!   ([`crate::sale::ItemRules::judge`]), the rule the queue path's sequencer applies too.
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
@@ -39,23 +40,10 @@ use uuid::Uuid;
 
 use crate::backoff;
 use crate::config::PathArgs;
-use crate::domain::{OrderRequest, Outcome, Status};
+use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
+use crate::sale::{Holding, ItemRules, PathName};
 use crate::store;
 use redis_store::RedisStore;
-
-/// The `path=` names `POST /orders` accepts, `queue` (the default) first.
-pub const NAMES: [&str; 10] = [
-    "queue",
-    "naive",
-    "pessimistic",
-    "optimistic",
-    "conditional",
-    "advisory",
-    "redis-lock",
-    "redis-watch",
-    "redis-lua",
-    "redis-list",
-];
 
 /// The paths, for `seckill serve --help`.
 pub const HELP: &str = "\
@@ -77,7 +65,7 @@ Every path but queue answers 200 with the decision. Redis keys: {prefix}:item:{i
 #[async_trait::async_trait]
 pub trait PurchasePath: Send + Sync {
     /// The `path=` name, also stored in `outcomes.path`.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> PathName;
 
     /// Decides a request that had no stored outcome when [`decide`] looked, records the decision
     /// in `outcomes` (and the order, for a purchase) and returns it. Call it through [`decide`],
@@ -122,29 +110,19 @@ pub enum PathError {
 
 impl From<sqlx::Error> for PathError {
     fn from(e: sqlx::Error) -> Self {
-        use sqlx::Error as E;
+        if store::is_transient(&e) {
+            tracing::warn!(error = %e, "database unavailable or busy");
+            return PathError::Unavailable("the database is unavailable or busy".into());
+        }
         match &e {
-            E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
-                tracing::warn!(error = %e, "database unavailable");
-                PathError::Unavailable("the database is unavailable".into())
-            }
-            E::Database(db) => {
-                // Class 08: connection exception; 57P: the server is shutting down or starting.
-                let code = db.code().unwrap_or_default();
-                if code.starts_with("08") || code.starts_with("57P") {
-                    tracing::warn!(error = %e, "database unavailable");
-                    PathError::Unavailable("the database is unavailable".into())
-                } else if db.is_unique_violation() {
-                    // Paths handle one-per-user conflicts themselves; what is left is a request
-                    // id (orders.request_id, outcomes' key) another attempt committed first.
-                    PathError::AlreadyDecided
-                } else if db.is_foreign_key_violation()
-                    && db.constraint().is_some_and(|c| c.ends_with("item_id_fkey"))
-                {
-                    PathError::NoSuchItem
-                } else {
-                    PathError::Database(e)
-                }
+            // Paths handle one-per-user conflicts themselves; what is left is a request id
+            // (orders.request_id, outcomes' key) another attempt committed first.
+            sqlx::Error::Database(db) if db.is_unique_violation() => PathError::AlreadyDecided,
+            sqlx::Error::Database(db)
+                if db.is_foreign_key_violation()
+                    && db.constraint().is_some_and(|c| c.ends_with("item_id_fkey")) =>
+            {
+                PathError::NoSuchItem
             }
             _ => PathError::Database(e),
         }
@@ -196,39 +174,56 @@ pub async fn decide(
 #[derive(Debug, Clone, Copy)]
 pub struct LockedItem {
     pub stock: i64,
-    pub per_user_limit: i64,
+    pub rules: ItemRules,
     /// The user's order and the units it holds, if the user bought before.
-    pub holding: Option<(Uuid, i64)>,
+    pub holding: Option<Holding>,
+}
+
+impl LockedItem {
+    /// From the columns a locking path reads: the item's stock, kind and limit, and the user's
+    /// order id and units (both `None` when the user holds no order).
+    pub fn from_row(
+        (stock, kind, per_user_limit): (i64, ItemKind, i64),
+        holding: Option<(Uuid, i64)>,
+    ) -> Self {
+        Self {
+            stock,
+            rules: ItemRules {
+                kind,
+                per_user_limit,
+            },
+            holding: holding.map(|(order_id, units)| Holding { order_id, units }),
+        }
+    }
 }
 
 /// The decision a locking path makes once it holds the item's lock and has read, under it, the
-/// stock, the limit and what the user holds: limit check first, then stock; the order (new, or
-/// the user's grown), the decrement and the outcome are written in the caller's transaction,
-/// which keeps the lock until it commits.
+/// stock, the rules and what the user holds: the sale's rule ([`ItemRules::judge`]: limit first,
+/// then stock); the order (new, or the user's grown), the decrement and the outcome are written
+/// in the caller's transaction, which keeps the lock until it commits.
 pub async fn decide_locked(
     tx: &mut sqlx::PgConnection,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
     item: LockedItem,
 ) -> Result<Outcome, PathError> {
-    let held = item.holding.map_or(0, |(_, units)| units);
-    if held + request.quantity > item.per_user_limit {
-        return record_outcome(&mut *tx, path, request, Status::AlreadyPurchased, None).await;
-    }
-    if request.quantity > item.stock {
-        return record_outcome(&mut *tx, path, request, Status::SoldOut, None).await;
+    let judged = item
+        .rules
+        .judge(item.holding.as_ref(), request.quantity, item.stock);
+    if let Err(refusal) = judged {
+        return record_outcome(&mut *tx, path, request, refusal.status(), None).await;
     }
     let order_id = match item.holding {
-        Some((order_id, _)) => {
+        Some(holding) => {
             sqlx::query("UPDATE orders SET quantity = quantity + $2 WHERE id = $1")
-                .bind(order_id)
+                .bind(holding.order_id)
                 .bind(request.quantity)
                 .execute(&mut *tx)
                 .await?;
-            order_id
+            holding.order_id
         }
         // A conflict is impossible under the lock unless another path sold meanwhile.
-        None => insert_holding(&mut *tx, request, item.per_user_limit)
+        None => insert_holding(&mut *tx, request, item.rules.per_user_limit)
             .await?
             .ok_or(PathError::AlreadyDecided)?,
     };
@@ -277,7 +272,7 @@ pub async fn insert_holding<'e>(
 /// when the request id already has an outcome: the caller's transaction must then not commit.
 pub async fn record_outcome<'e>(
     executor: impl PgExecutor<'e>,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
     status: Status,
     order_id: Option<Uuid>,
@@ -292,7 +287,7 @@ pub async fn record_outcome<'e>(
     .bind(&request.user_id)
     .bind(status.as_str())
     .bind(order_id)
-    .bind(path)
+    .bind(path.as_str())
     .bind(request.quantity)
     .execute(executor)
     .await?;
@@ -313,7 +308,7 @@ pub async fn record_outcome<'e>(
 /// is told `already_purchased` for an order that never lands.
 pub async fn record_repeat_buyer(
     pool: &PgPool,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
     let inserted = sqlx::query(
@@ -325,7 +320,7 @@ pub async fn record_repeat_buyer(
     .bind(request.request_id)
     .bind(request.item_id)
     .bind(&request.user_id)
-    .bind(path)
+    .bind(path.as_str())
     .execute(pool)
     .await?;
     if inserted.rows_affected() == 0 {
@@ -398,8 +393,9 @@ impl Registry {
         Ok(Self { pool, paths, redis })
     }
 
-    /// The path called `name`. `queue` is not here: it decides asynchronously (see `api::orders`).
-    pub fn get(&self, name: &str) -> Option<&dyn PurchasePath> {
+    /// The path called `name`; `None` for `queue`, which is not here: it decides asynchronously
+    /// (see `api::orders`).
+    pub fn get(&self, name: PathName) -> Option<&dyn PurchasePath> {
         self.paths
             .iter()
             .find(|p| p.name() == name)
@@ -435,11 +431,11 @@ mod tests {
             },
         };
         let registry = Registry::new(pool, &args).unwrap();
-        let registered: Vec<&str> = registry.paths.iter().map(|p| p.name()).collect();
-        assert_eq!(registered, NAMES[1..]);
-        assert!(registry.get("queue").is_none());
+        let registered: Vec<PathName> = registry.paths.iter().map(|p| p.name()).collect();
+        assert_eq!(registered, PathName::ALL[1..]);
+        assert!(registry.get(PathName::Queue).is_none());
         assert!(HELP.contains("naive        UNSAFE"));
-        for name in NAMES {
+        for name in PathName::ALL {
             assert!(
                 HELP.contains(&format!("  {name} ")),
                 "{name} is in the help"

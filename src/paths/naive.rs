@@ -12,6 +12,7 @@ use sqlx::PgPool;
 
 use super::{PathError, Pause, PurchasePath, insert_order, record_outcome};
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 pub struct Naive {
     pool: PgPool,
@@ -35,8 +36,8 @@ impl Naive {
 
 #[async_trait::async_trait]
 impl PurchasePath for Naive {
-    fn name(&self) -> &'static str {
-        "naive"
+    fn name(&self) -> PathName {
+        PathName::Naive
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

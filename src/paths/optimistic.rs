@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use super::{PathError, PurchasePath, insert_order, record_outcome};
 use crate::backoff;
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// First and largest delay before a retry.
 const RETRY_DELAY_BASE: Duration = Duration::from_millis(2);
@@ -35,8 +36,8 @@ impl Optimistic {
 
 #[async_trait::async_trait]
 impl PurchasePath for Optimistic {
-    fn name(&self) -> &'static str {
-        "optimistic"
+    fn name(&self) -> PathName {
+        PathName::Optimistic
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

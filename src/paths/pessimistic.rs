@@ -10,7 +10,8 @@
 use sqlx::PgPool;
 
 use super::{LockedItem, PathError, PurchasePath, decide_locked};
-use crate::domain::{OrderRequest, Outcome};
+use crate::domain::{ItemKind, OrderRequest, Outcome};
+use crate::sale::PathName;
 
 pub struct Pessimistic {
     pool: PgPool,
@@ -24,8 +25,8 @@ impl Pessimistic {
 
 #[async_trait::async_trait]
 impl PurchasePath for Pessimistic {
-    fn name(&self) -> &'static str {
-        "pessimistic"
+    fn name(&self) -> PathName {
+        PathName::Pessimistic
     }
 
     fn sells_quantities(&self) -> bool {
@@ -34,8 +35,8 @@ impl PurchasePath for Pessimistic {
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut tx = self.pool.begin().await?;
-        let (stock, per_user_limit): (i64, i64) = sqlx::query_as(
-            "SELECT stock_remaining, per_user_limit FROM items WHERE id = $1 FOR UPDATE",
+        let item: (i64, ItemKind, i64) = sqlx::query_as(
+            "SELECT stock_remaining, kind, per_user_limit FROM items WHERE id = $1 FOR UPDATE",
         )
         .bind(request.item_id)
         .fetch_optional(&mut *tx)
@@ -50,11 +51,7 @@ impl PurchasePath for Pessimistic {
                 .fetch_optional(&mut *tx)
                 .await?;
 
-        let item = LockedItem {
-            stock,
-            per_user_limit,
-            holding,
-        };
+        let item = LockedItem::from_row(item, holding);
         let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)

@@ -18,6 +18,7 @@ use sqlx::PgPool;
 use super::redis_store::{RedisStore, persist_or_undo};
 use super::{PathError, PurchasePath, record_outcome, record_repeat_buyer};
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 pub struct RedisList {
     pool: PgPool,
@@ -32,8 +33,8 @@ impl RedisList {
 
 #[async_trait::async_trait]
 impl PurchasePath for RedisList {
-    fn name(&self) -> &'static str {
-        "redis-list"
+    fn name(&self) -> PathName {
+        PathName::RedisList
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

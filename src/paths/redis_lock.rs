@@ -26,6 +26,7 @@ use super::redis_store::RedisStore;
 use super::{PathError, Pause, PurchasePath, insert_order, record_outcome};
 use crate::backoff;
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// KEYS: lock, fence, stock (present once the item is loaded). ARGV: owner, ttl in ms.
 /// Returns the fencing token, 0 if the lock is taken, -1 if the item is not loaded.
@@ -138,8 +139,8 @@ impl RedisLock {
 
 #[async_trait::async_trait]
 impl PurchasePath for RedisLock {
-    fn name(&self) -> &'static str {
-        "redis-lock"
+    fn name(&self) -> PathName {
+        PathName::RedisLock
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

@@ -16,6 +16,7 @@ use sqlx::PgPool;
 use super::redis_store::{ItemKeys, RedisStore, persist_or_undo};
 use super::{PathError, PurchasePath, record_outcome, record_repeat_buyer};
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// KEYS: stock, buyers. ARGV: user. 1 granted, 0 sold out, -1 already a buyer, -2 not loaded.
 static DECIDE: LazyLock<Script> = LazyLock::new(|| {
@@ -53,8 +54,8 @@ impl RedisLua {
 
 #[async_trait::async_trait]
 impl PurchasePath for RedisLua {
-    fn name(&self) -> &'static str {
-        "redis-lua"
+    fn name(&self) -> PathName {
+        PathName::RedisLua
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {

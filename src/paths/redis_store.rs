@@ -25,6 +25,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use super::{PathError, conditional};
 use crate::config::{RedisArgs, redact_url};
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// Longest wait for a connection to Redis: a Redis that is down answers 503 this fast.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -215,7 +216,7 @@ impl RedisStore {
 /// undersell, never an oversell.
 pub async fn persist_or_undo(
     pool: &PgPool,
-    path: &'static str,
+    path: PathName,
     request: &OrderRequest,
     con: &mut ConnectionManager,
     undo: &Pipeline,

@@ -19,6 +19,7 @@ use super::redis_store::{RedisStore, persist_or_undo};
 use super::{PathError, PurchasePath, record_outcome, record_repeat_buyer};
 use crate::backoff;
 use crate::domain::{OrderRequest, Outcome, Status};
+use crate::sale::PathName;
 
 /// First and largest delay before a retry.
 const RETRY_DELAY_BASE: Duration = Duration::from_millis(1);
@@ -31,7 +32,7 @@ pub struct RedisWatch {
 }
 
 /// What the Redis transaction decided.
-enum Verdict {
+enum RedisDecision {
     Granted,
     Refused(Status),
     NotLoaded,
@@ -51,7 +52,7 @@ impl RedisWatch {
         &self,
         con: &mut MultiplexedConnection,
         request: &OrderRequest,
-    ) -> Result<Verdict, PathError> {
+    ) -> Result<RedisDecision, PathError> {
         let (keys, user) = (self.redis.keys(request.item_id), &request.user_id);
         for attempt in 0..=self.retries_max {
             if attempt > 0 {
@@ -69,14 +70,14 @@ impl RedisWatch {
                 .query_async(con)
                 .await?;
             let refused = match stock {
-                None => Some(Verdict::NotLoaded),
-                Some(_) if is_buyer => Some(Verdict::Refused(Status::AlreadyPurchased)),
-                Some(stock) if stock <= 0 => Some(Verdict::Refused(Status::SoldOut)),
+                None => Some(RedisDecision::NotLoaded),
+                Some(_) if is_buyer => Some(RedisDecision::Refused(Status::AlreadyPurchased)),
+                Some(stock) if stock <= 0 => Some(RedisDecision::Refused(Status::SoldOut)),
                 Some(_) => None,
             };
-            if let Some(verdict) = refused {
+            if let Some(decision) = refused {
                 redis::cmd("UNWATCH").exec_async(con).await?;
-                return Ok(verdict);
+                return Ok(decision);
             }
             // `None`: EXEC was aborted, a watched key changed since the WATCH.
             let executed: Option<(i64, i64)> = redis::pipe()
@@ -86,38 +87,38 @@ impl RedisWatch {
                 .query_async(con)
                 .await?;
             if executed.is_some() {
-                return Ok(Verdict::Granted);
+                return Ok(RedisDecision::Granted);
             }
         }
-        Ok(Verdict::Refused(Status::FailedRetry))
+        Ok(RedisDecision::Refused(Status::FailedRetry))
     }
 }
 
 #[async_trait::async_trait]
 impl PurchasePath for RedisWatch {
-    fn name(&self) -> &'static str {
-        "redis-watch"
+    fn name(&self) -> PathName {
+        PathName::RedisWatch
     }
 
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut lent = self.redis.dedicated().await?;
-        let mut verdict = self.decide_in_redis(lent.con(), request).await;
-        if let Ok(Verdict::NotLoaded) = verdict {
+        let mut decision = self.decide_in_redis(lent.con(), request).await;
+        if let Ok(RedisDecision::NotLoaded) = decision {
             self.redis
                 .load_item(&self.pool, request.item_id, false)
                 .await?;
-            verdict = self.decide_in_redis(lent.con(), request).await;
+            decision = self.decide_in_redis(lent.con(), request).await;
         }
-        let verdict = match verdict {
-            Ok(verdict) => verdict,
+        let decision = match decision {
+            Ok(decision) => decision,
             Err(e) => {
                 lent.discard(); // it may be broken, or still WATCHing
                 return Err(e);
             }
         };
         drop(lent);
-        match verdict {
-            Verdict::Granted => {
+        match decision {
+            RedisDecision::Granted => {
                 let keys = self.redis.keys(request.item_id);
                 let mut undo = redis::pipe();
                 undo.atomic()
@@ -126,13 +127,13 @@ impl PurchasePath for RedisWatch {
                 let mut con = self.redis.connection();
                 persist_or_undo(&self.pool, self.name(), request, &mut con, &undo).await
             }
-            Verdict::Refused(Status::AlreadyPurchased) => {
+            RedisDecision::Refused(Status::AlreadyPurchased) => {
                 record_repeat_buyer(&self.pool, self.name(), request).await
             }
-            Verdict::Refused(status) => {
+            RedisDecision::Refused(status) => {
                 record_outcome(&self.pool, self.name(), request, status, None).await
             }
-            Verdict::NotLoaded => Err(PathError::Unavailable(format!(
+            RedisDecision::NotLoaded => Err(PathError::Unavailable(format!(
                 "item {} could not be loaded into Redis",
                 request.item_id
             ))),

@@ -52,6 +52,7 @@ impl TestEnv {
         let database = DatabaseArgs {
             database_url: url.to_string(),
             db_pool_max: 16,
+            db_lock_timeout_ms: 10_000,
         };
         let mut broker = BrokerArgs {
             amqp_url: amqp_url(),
