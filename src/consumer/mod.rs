@@ -223,7 +223,11 @@ impl Daemon {
         // Standby everywhere: the broker makes this daemon active where it subscribed first (or
         // alone), and promotes it at once where the active daemon dies.
         for partition in 0..self.topology.partitions() {
-            connected.partitions.subscribe(partition).await?;
+            if let Err(e) = connected.partitions.subscribe(partition).await {
+                // Not connected after all: the lease must not outlive the attempt.
+                connected.tear_down().await;
+                return Err(e);
+            }
         }
         Ok(connected)
     }
@@ -277,7 +281,11 @@ impl Connected {
     /// Decides until shutdown or until the connection or a partition fails, then tears down.
     async fn run(mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let outcome = self.watch(shutdown).await;
-        self.close(outcome).await
+        let partition_error = self.tear_down().await;
+        match (outcome, partition_error) {
+            (Ok(()), Some(error)) => Err(error),
+            (outcome, _) => outcome,
+        }
     }
 
     /// Follows the partitions, the lease table and the connection until one of them ends it.
@@ -320,8 +328,8 @@ impl Connected {
     /// Lets every partition finish the batch it is on (its commit may still land; its ack may
     /// not), within a bound; then closes the connection, which hands any prefetched, unacked
     /// deliveries back to the broker. Stopping also releases the lease, so the other daemons
-    /// rebalance at their next heartbeat. Returns `outcome`, or else a partition's error.
-    async fn close(mut self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+    /// rebalance at their next heartbeat. Returns the first error a partition ended with.
+    async fn tear_down(mut self) -> Option<anyhow::Error> {
         self.stop.cancel();
         let finished = self.finish_partitions().await;
         self.partitions.forget_all();
@@ -330,10 +338,7 @@ impl Connected {
             .close(200, "seckill consumer stopping".into())
             .await;
         let _ = self.lease.await;
-        match (outcome, finished) {
-            (Ok(()), Some(error)) => Err(error),
-            (outcome, _) => outcome,
-        }
+        finished
     }
 
     /// Awaits every partition task, within [`PARTITION_STOP_GRACE`] (then aborts them). Returns
