@@ -237,7 +237,7 @@ impl Subscription {
                     // Another consumer became active on this partition while this one was
                     // paused or cut off: nothing of this batch was written. Step down; its
                     // deliveries go back to the broker, and to the active consumer.
-                    crate::metrics::get().commit_failures.inc();
+                    crate::metrics::get().consumer.commit_failures.inc();
                     tracing::warn!(%queue, epoch, "fenced out by a newer consumer of the partition; stepping down");
                     anyhow::bail!("fenced out of {queue} (epoch {epoch} is no longer current)");
                 }
@@ -259,7 +259,7 @@ impl Subscription {
 
     /// Backs off after a failed commit; stopping meanwhile leaves the batch unacked.
     async fn wait_before_redo(&self, error: &sqlx::Error, attempt: u32) -> anyhow::Result<()> {
-        crate::metrics::get().commit_failures.inc();
+        crate::metrics::get().consumer.commit_failures.inc();
         let pause =
             crate::backoff::delay(attempt, Duration::from_millis(50), Duration::from_secs(5));
         tracing::warn!(error = %error, attempt = attempt + 1, retry_in_ms = pause.as_millis() as u64,
@@ -347,9 +347,18 @@ fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration)
         );
     }
     let metrics = crate::metrics::get();
-    metrics.batch_size.observe(batch.deliveries.len() as f64);
-    metrics.commit_latency.observe(commit_time.as_secs_f64());
-    metrics.redeliveries.inc_by(batch.redelivered() as u64);
+    metrics
+        .consumer
+        .batch_size
+        .observe(batch.deliveries.len() as f64);
+    metrics
+        .consumer
+        .commit_latency
+        .observe(commit_time.as_secs_f64());
+    metrics
+        .consumer
+        .redeliveries
+        .inc_by(batch.redelivered() as u64);
     if tracing::enabled!(tracing::Level::DEBUG) {
         let decided = batch
             .requests
@@ -439,7 +448,10 @@ impl Decider {
     fn evict_idle(&mut self, idle: Duration, queue: &str) {
         let evicted = self.sequencer.evict_idle(Instant::now(), idle);
         if evicted > 0 {
-            crate::metrics::get().items_evicted.inc_by(evicted as u64);
+            crate::metrics::get()
+                .consumer
+                .items_evicted
+                .inc_by(evicted as u64);
             tracing::debug!(%queue, evicted, kept = self.sequencer.len(), "dropped the state of idle items");
         }
         self.report_memory(self.sequencer.len());
@@ -453,7 +465,7 @@ impl Decider {
 
     /// Moves the process-wide gauge of items in memory by this sequencer's change.
     fn report_memory(&mut self, items: usize) {
-        let gauge = &crate::metrics::get().items_in_memory;
+        let gauge = &crate::metrics::get().consumer.items_in_memory;
         gauge.add(items as i64 - self.reported_items as i64);
         self.reported_items = items;
     }
@@ -485,7 +497,7 @@ impl Decider {
         crate::failpoint::hit("before_commit");
         store::commit_batch(pool, PATH, &decision, fence).await?;
         crate::failpoint::hit("after_commit");
-        let decisions = &crate::metrics::get().decisions;
+        let decisions = &crate::metrics::get().consumer.decisions;
         for new in &decision.new_outcomes {
             decisions
                 .with_label_values(&[new.outcome.status.as_str()])
@@ -604,6 +616,7 @@ async fn dead_letter(context: &Context, batch: &Batch) -> anyhow::Result<()> {
     });
     try_join_all(publishes).await?;
     crate::metrics::get()
+        .consumer
         .dead_lettered
         .inc_by(batch.rejects.len() as u64);
     Ok(())
