@@ -90,7 +90,7 @@ pub async fn create(
     tracing::Span::current().record("request_id", tracing::field::display(request.request_id));
     if let Some(path) = lock_path {
         let outcome = state.paths.purchase(path, &request).await?;
-        tracing::debug!(status = outcome.status.as_str(), "decided by a lock path");
+        tracing::debug!(status = %outcome.status.as_str(), "decided by a lock path");
         return Ok(decided(outcome));
     }
     if let Some(outcome) = shed_at_the_door(&state, &request).await? {
@@ -226,7 +226,7 @@ async fn publish_and_wait(
     if let (Some((_permit, waiter)), Some(wait)) = (waiter, wait)
         && let Some(outcome) = wait_for_decision(state, waiter, wait).await
     {
-        tracing::debug!(status = outcome.status.as_str(), "decision relayed");
+        tracing::debug!(status = %outcome.status.as_str(), "decision relayed");
         return Ok(decided(outcome));
     }
     Ok((

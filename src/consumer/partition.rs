@@ -366,7 +366,7 @@ fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration)
             .filter(|(index, _)| !committed.undecidable.contains_key(index));
         for ((_, request), outcome) in decided.zip(&committed.answers) {
             tracing::debug!(request_id = %request.request_id, item_id = request.item_id,
-                status = outcome.status.as_str(), "request decided");
+                status = %outcome.status.as_str(), "request decided");
         }
     }
 }
@@ -512,8 +512,8 @@ impl Decider {
         if self.fence.is_none() {
             self.sequencer.forget_all();
             let taken = store::take_epoch(pool, queue, &holder_name()).await?;
-            tracing::info!(%queue, epoch = taken.epoch, "active on the partition; took a new epoch");
             tracing::Span::current().record("epoch", taken.epoch);
+            tracing::info!(%queue, epoch = taken.epoch, "active on the partition; took a new epoch");
             self.fence = Some(taken);
         }
         Ok(())
