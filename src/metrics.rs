@@ -32,6 +32,16 @@ pub struct Metrics {
     pub reply_waiters: IntGauge,
     /// `?wait=` requests answered 202 at once because too many clients were waiting already.
     pub reply_waiters_refused: IntCounter,
+    /// `POST /orders` answered `sold_out` without publishing: the item was announced sold out.
+    pub orders_shed_sold_out: IntCounter,
+    /// Broker connections re-established after a loss, by component (consumer, publisher).
+    pub broker_reconnects: IntCounterVec,
+    /// What the queue consumer counts.
+    pub consumer: ConsumerMetrics,
+}
+
+/// The queue consumer's metrics.
+pub struct ConsumerMetrics {
     /// Deliveries per committed batch.
     pub batch_size: Histogram,
     /// Time from a batch's start to its commit (decide + commit, retries included).
@@ -44,13 +54,9 @@ pub struct Metrics {
     pub dead_lettered: IntCounter,
     /// Batch commits that failed and were retried (database down, connection killed, ...).
     pub commit_failures: IntCounter,
-    /// Broker connections re-established after a loss, by component (consumer, publisher).
-    pub broker_reconnects: IntCounterVec,
     /// Items whose state the consumer holds in memory (all partitions of this process).
     pub items_in_memory: IntGauge,
     pub items_evicted: IntCounter,
-    /// `POST /orders` answered `sold_out` without publishing: the item was announced sold out.
-    pub orders_shed_sold_out: IntCounter,
     /// Partitions this process's consumer is the active one on (it took the epoch and still
     /// holds the subscription). With several daemons, each should show about P/N.
     pub partitions_active: IntGauge,
@@ -66,129 +72,106 @@ pub fn get() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics::new().expect("metric definitions are valid and unique"))
 }
 
+/// Buckets of every latency histogram, in seconds, 0.5 ms to 10 s: a group commit takes
+/// milliseconds, an outage retries for long.
+const SECONDS_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Creates metrics and registers each in the registry, so none can be forgotten there.
+struct Registrar<'r>(&'r Registry);
+
+impl Registrar<'_> {
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        let c = IntCounter::new(name, help)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        let g = IntGauge::new(name, help)?;
+        self.0.register(Box::new(g.clone()))?;
+        Ok(g)
+    }
+
+    fn histogram(&self, name: &str, help: &str, buckets: &[f64]) -> prometheus::Result<Histogram> {
+        let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+        self.0.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+
+    fn histogram_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+        buckets: &[f64],
+    ) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+        let h = HistogramVec::new(opts, labels)?;
+        self.0.register(Box::new(h.clone()))?;
+        Ok(h)
+    }
+}
+
 impl Metrics {
     fn new() -> prometheus::Result<Self> {
         let registry = Registry::new();
-        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
-            let c = IntCounter::new(name, help)?;
-            registry.register(Box::new(c.clone()))?;
-            Ok(c)
-        };
-        let counter_vec =
-            |name: &str, help: &str, labels: &[&str]| -> prometheus::Result<IntCounterVec> {
-                let c = IntCounterVec::new(Opts::new(name, help), labels)?;
-                registry.register(Box::new(c.clone()))?;
-                Ok(c)
-            };
-        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
-            let g = IntGauge::new(name, help)?;
-            registry.register(Box::new(g.clone()))?;
-            Ok(g)
-        };
-        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
-            let h = Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets))?;
-            registry.register(Box::new(h.clone()))?;
-            prometheus::Result::Ok(h)
-        };
-        // Seconds, 0.5 ms to 10 s: a group commit takes milliseconds, an outage retries for long.
-        let seconds = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-        ];
-        let http_latency = HistogramVec::new(
-            HistogramOpts::new(
-                "seckill_http_request_duration_seconds",
-                "HTTP request latency by route",
-            )
-            .buckets(seconds.clone()),
-            &["route"],
-        )?;
-        registry.register(Box::new(http_latency.clone()))?;
+        let r = Registrar(&registry);
         Ok(Self {
-            http_requests: counter_vec(
+            http_requests: r.counter_vec(
                 "seckill_http_requests_total",
                 "HTTP requests answered, by method, route and status code",
                 &["method", "route", "status"],
             )?,
-            http_latency,
-            http_in_flight: gauge(
+            http_latency: r.histogram_vec(
+                "seckill_http_request_duration_seconds",
+                "HTTP request latency by route",
+                &["route"],
+                &SECONDS_BUCKETS,
+            )?,
+            http_in_flight: r.gauge(
                 "seckill_http_requests_in_flight",
                 "HTTP requests being handled now",
             )?,
-            http_shed: counter(
+            http_shed: r.counter(
                 "seckill_http_requests_shed_total",
                 "HTTP requests refused with 503 because too many were in flight",
             )?,
-            publishes: counter_vec(
+            publishes: r.counter_vec(
                 "seckill_publishes_total",
                 "Purchase requests published to the broker, by result",
                 &["result"],
             )?,
-            reply_waiters: gauge(
+            reply_waiters: r.gauge(
                 "seckill_reply_waiters",
                 "Clients waiting (?wait=) for a decision",
             )?,
-            reply_waiters_refused: counter(
+            reply_waiters_refused: r.counter(
                 "seckill_reply_waiters_refused_total",
                 "?wait= requests answered 202 at once because too many clients were waiting",
             )?,
-            batch_size: histogram(
-                "seckill_batch_size",
-                "Deliveries per committed batch",
-                vec![
-                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10_000.0,
-                ],
+            orders_shed_sold_out: r.counter(
+                "seckill_orders_shed_sold_out_total",
+                "Orders answered sold_out at once, without publishing, because the item was announced sold out",
             )?,
-            commit_latency: histogram(
-                "seckill_batch_commit_seconds",
-                "Time from a batch's start to its commit, retries included",
-                seconds,
-            )?,
-            decisions: counter_vec(
-                "seckill_decisions_total",
-                "Decisions committed by the queue consumer, by status",
-                &["status"],
-            )?,
-            redeliveries: counter(
-                "seckill_redeliveries_total",
-                "Deliveries flagged as redelivered by the broker",
-            )?,
-            dead_lettered: counter(
-                "seckill_dead_lettered_total",
-                "Messages sent to the dead-letter queue",
-            )?,
-            commit_failures: counter(
-                "seckill_batch_commit_failures_total",
-                "Batch commits that failed and were retried",
-            )?,
-            broker_reconnects: counter_vec(
+            broker_reconnects: r.counter_vec(
                 "seckill_broker_reconnects_total",
                 "Broker connections re-established after a loss, by component",
                 &["component"],
             )?,
-            items_in_memory: gauge(
-                "seckill_consumer_items_in_memory",
-                "Items whose state (stock left, buyers) the consumer holds in memory",
-            )?,
-            items_evicted: counter(
-                "seckill_consumer_items_evicted_total",
-                "Item states dropped from memory after being idle",
-            )?,
-            orders_shed_sold_out: counter(
-                "seckill_orders_shed_sold_out_total",
-                "Orders answered sold_out at once, without publishing, because the item was announced sold out",
-            )?,
-            partitions_active: gauge(
-                "seckill_consumer_partitions_active",
-                "Partitions this consumer is the active one on",
-            )?,
-            partitions_owned: gauge(
-                "seckill_consumer_partitions_owned",
-                "Partitions the balance over the live consumers assigns to this one",
-            )?,
-            partition_handovers: counter(
-                "seckill_consumer_partition_handovers_total",
-                "Partitions handed over to their owner after the last batch was committed and acked",
-            )?,
+            consumer: ConsumerMetrics::new(&r)?,
             registry,
         })
     }
@@ -200,6 +183,62 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("the text encoder writes to memory");
         String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+impl ConsumerMetrics {
+    fn new(r: &Registrar) -> prometheus::Result<Self> {
+        Ok(Self {
+            batch_size: r.histogram(
+                "seckill_batch_size",
+                "Deliveries per committed batch",
+                &[
+                    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 10_000.0,
+                ],
+            )?,
+            commit_latency: r.histogram(
+                "seckill_batch_commit_seconds",
+                "Time from a batch's start to its commit, retries included",
+                &SECONDS_BUCKETS,
+            )?,
+            decisions: r.counter_vec(
+                "seckill_decisions_total",
+                "Decisions committed by the queue consumer, by status",
+                &["status"],
+            )?,
+            redeliveries: r.counter(
+                "seckill_redeliveries_total",
+                "Deliveries flagged as redelivered by the broker",
+            )?,
+            dead_lettered: r.counter(
+                "seckill_dead_lettered_total",
+                "Messages sent to the dead-letter queue",
+            )?,
+            commit_failures: r.counter(
+                "seckill_batch_commit_failures_total",
+                "Batch commits that failed and were retried",
+            )?,
+            items_in_memory: r.gauge(
+                "seckill_consumer_items_in_memory",
+                "Items whose state (stock left, buyers) the consumer holds in memory",
+            )?,
+            items_evicted: r.counter(
+                "seckill_consumer_items_evicted_total",
+                "Item states dropped from memory after being idle",
+            )?,
+            partitions_active: r.gauge(
+                "seckill_consumer_partitions_active",
+                "Partitions this consumer is the active one on",
+            )?,
+            partitions_owned: r.gauge(
+                "seckill_consumer_partitions_owned",
+                "Partitions the balance over the live consumers assigns to this one",
+            )?,
+            partition_handovers: r.counter(
+                "seckill_consumer_partition_handovers_total",
+                "Partitions handed over to their owner after the last batch was committed and acked",
+            )?,
+        })
     }
 }
 
@@ -216,8 +255,11 @@ mod tests {
         m.http_requests
             .with_label_values(&["POST", "/orders", "202"])
             .inc();
-        m.batch_size.observe(3.0);
-        m.decisions.with_label_values(&["purchased"]).inc_by(2);
+        m.consumer.batch_size.observe(3.0);
+        m.consumer
+            .decisions
+            .with_label_values(&["purchased"])
+            .inc_by(2);
         m.broker_reconnects.with_label_values(&["consumer"]).inc();
         let text = m.render();
         assert!(text.contains(

@@ -12,14 +12,15 @@ use uuid::Uuid;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
+use crate::broker::publisher::Waiter;
 use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome, validate_user_id};
+use crate::paths::PurchasePath;
 use crate::sale::{ItemRules, PathName, UnknownPath};
 use crate::store::{self, RequestState};
 
 /// Longest `?wait=` honoured, in milliseconds.
 pub const WAIT_MS_MAX: u64 = 30_000;
 
-/// The body of `POST /orders`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderBody {
@@ -35,8 +36,7 @@ pub struct OrderBody {
 pub struct OrderParams {
     /// Milliseconds to wait for the decision before answering `202`.
     pub wait: Option<u64>,
-    /// Purchase path: `queue` (the default) or one of the synchronous paths ([`PathName`]).
-    /// Parsed by the handler, so an unknown name gets the API's own 400 naming the valid ones.
+    /// Purchase path: `queue` (the default) or one of the synchronous [`paths::NAMES`].
     pub path: Option<String>,
 }
 
@@ -78,70 +78,128 @@ impl From<Outcome> for OrderStatus {
 /// the broker confirmed it), and with `wait` answers 200 with the decision if it comes in time.
 /// An item announced sold out is answered 200 `sold_out` at once, without publishing.
 /// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200.
+///
+/// Its span carries the request id, which the consumer's log of the decision carries too.
+#[tracing::instrument(name = "order", skip_all, fields(item_id = new.item_id, request_id, path))]
 pub async fn create(
     State(state): State<AppState>,
     Query(params): Query<OrderParams>,
     Json(new): Json<OrderBody>,
 ) -> Result<Response, ApiError> {
-    let path = match params.path.as_deref() {
+    let lock_path = chosen_path(&state, params.path.as_deref())?;
+    let request = checked_request(&state, new, lock_path).await?;
+    tracing::Span::current().record("request_id", tracing::field::display(request.request_id));
+    if let Some(path) = lock_path {
+        let outcome = state.paths.purchase(path, &request).await?;
+        tracing::debug!(status = %outcome.status.as_str(), "decided by a lock path");
+        return Ok(decided(outcome));
+    }
+    if let Some(outcome) = shed_at_the_door(&state, &request).await? {
+        return Ok(decided(outcome));
+    }
+    let wait = params
+        .wait
+        .filter(|ms| *ms > 0)
+        .map(|ms| Duration::from_millis(ms.min(WAIT_MS_MAX)));
+    publish_and_wait(&state, request, wait).await
+}
+
+/// The lock path `?path=` names, or `None` for the queue path (the default); recorded in the
+/// request's span. Every name a client may send is resolved here.
+fn chosen_path<'s>(
+    state: &'s AppState,
+    name: Option<&str>,
+) -> Result<Option<&'s dyn PurchasePath>, ApiError> {
+    let name = match name {
         None => PathName::Queue,
         Some(name) => name
             .parse()
             .map_err(|e: UnknownPath| ApiError::client(StatusCode::BAD_REQUEST, e.to_string()))?,
     };
+    tracing::Span::current().record("path", tracing::field::display(name));
     // `None`: the queue path.
-    let sync_path = state.paths.get(path);
+    let path = state.paths.get(name);
+    Ok(path)
+}
+
+/// The request, once its user id, item and quantity are valid, and the lock path (if any)
+/// can sell it.
+async fn checked_request(
+    state: &AppState,
+    new: OrderBody,
+    lock_path: Option<&dyn PurchasePath>,
+) -> Result<OrderRequest, ApiError> {
     validate_user_id(&new.user_id)?;
     let Some(rules) = state.item_rules(new.item_id).await? else {
         return Err(ApiError::NotFound("item"));
     };
     let quantity = new.quantity.unwrap_or(1);
     rules.check_quantity(quantity)?;
-    if let Some(path) = sync_path {
-        // Rather than a wrong result, a clear no.
-        let supported = if path.sells_quantities() {
-            rules.kind == ItemKind::Goods
-        } else {
-            rules == ItemRules::ONE_PER_USER && quantity == 1
-        };
-        if !supported {
-            let what = if path.sells_quantities() {
-                "ordinary goods"
-            } else {
-                "ordinary goods with a per_user_limit of 1 and quantity 1"
-            };
-            return Err(ApiError::client(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "path {} supports only {what}; quantities, limits and red packets are sold \
-                     by the queue path (the default)",
-                    path.name()
-                ),
-            ));
-        }
+    if let Some(path) = lock_path {
+        check_path_sells(path, rules, quantity)?;
     }
-    let request = OrderRequest {
+    Ok(OrderRequest {
         request_id: new.request_id.unwrap_or_else(Uuid::new_v4),
         item_id: new.item_id,
         user_id: new.user_id,
         quantity,
+    })
+}
+
+/// Rather than a wrong result, a clear no: most lock paths sell one unit of ordinary goods only.
+fn check_path_sells(
+    path: &dyn PurchasePath,
+    rules: ItemRules,
+    quantity: i64,
+) -> Result<(), ApiError> {
+    let supported = if path.sells_quantities() {
+        rules.kind == ItemKind::Goods
+    } else {
+        rules == ItemRules::ONE_PER_USER && quantity == 1
     };
-    if let Some(path) = sync_path {
-        let outcome = state.paths.purchase(path, &request).await?;
-        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+    if supported {
+        return Ok(());
     }
-    if let Some(shedder) = &state.shedder
-        && let Some(outcome) = shedder
-            .try_answer(&request)
-            .await
-            .map_err(ApiError::Unavailable)?
-    {
-        return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
+    let what = if path.sells_quantities() {
+        "ordinary goods"
+    } else {
+        "ordinary goods with a per_user_limit of 1 and quantity 1"
+    };
+    Err(ApiError::client(
+        StatusCode::BAD_REQUEST,
+        format!(
+            "path {} supports only {what}; quantities, limits and red packets are sold by the \
+             queue path (the default)",
+            path.name()
+        ),
+    ))
+}
+
+/// The `sold_out` answer for an item announced sold out, when shedding is on.
+async fn shed_at_the_door(
+    state: &AppState,
+    request: &OrderRequest,
+) -> Result<Option<Outcome>, ApiError> {
+    let Some(shedder) = &state.shedder else {
+        return Ok(None);
+    };
+    let outcome = shedder
+        .try_answer(request)
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if outcome.is_some() {
+        tracing::debug!("answered sold_out at the door");
     }
-    let wait = params
-        .wait
-        .filter(|ms| *ms > 0)
-        .map(|ms| Duration::from_millis(ms.min(WAIT_MS_MAX)));
+    Ok(outcome)
+}
+
+/// Publishes the request and records it as accepted, then, for up to `wait`, waits for its
+/// decision: 200 with it if it comes in time, else 202 `pending`.
+async fn publish_and_wait(
+    state: &AppState,
+    request: OrderRequest,
+    wait: Option<Duration>,
+) -> Result<Response, ApiError> {
     // Bounded: past `reply_waiters_max` waiting clients this one is answered 202 without waiting.
     // Registered before publishing, so even an instant reply finds its waiter.
     let waiter = wait
@@ -153,30 +211,43 @@ pub async fn create(
     // not sit in the log as accepted-but-never-decided. If recording fails after the publish,
     // the client gets 503 and the request may still be decided: retrying it with the same
     // request_id is safe (the consumer answers a repeat from the store).
+    let request_id = request.request_id;
     state
         .accepted
-        .record(request.clone())
+        .record(request)
         .await
         .map_err(ApiError::Unavailable)?;
+    tracing::debug!("request published");
 
-    if let (Some((_permit, waiter)), Some(wait)) = (waiter, wait) {
-        let metrics = crate::metrics::get();
-        metrics.reply_waiters.inc();
-        let outcome = tokio::select! {
-            outcome = waiter.recv(wait) => outcome,
-            // Shutting down: answer now rather than hold the server open for the wait.
-            _ = state.shutdown.cancelled() => None,
-        };
-        metrics.reply_waiters.dec();
-        if let Some(outcome) = outcome {
-            return Ok((StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response());
-        }
+    if let (Some((_permit, waiter)), Some(wait)) = (waiter, wait)
+        && let Some(outcome) = wait_for_decision(state, waiter, wait).await
+    {
+        tracing::debug!(status = %outcome.status.as_str(), "decision relayed");
+        return Ok(decided(outcome));
     }
     Ok((
         StatusCode::ACCEPTED,
-        axum::Json(OrderStatus::pending(request.request_id)),
+        axum::Json(OrderStatus::pending(request_id)),
     )
         .into_response())
+}
+
+/// The consumer's reply, if it comes within `wait` and before the server starts shutting down.
+async fn wait_for_decision(state: &AppState, waiter: Waiter, wait: Duration) -> Option<Outcome> {
+    let metrics = crate::metrics::get();
+    metrics.reply_waiters.inc();
+    let outcome = tokio::select! {
+        outcome = waiter.recv(wait) => outcome,
+        // Shutting down: answer now rather than hold the server open for the wait.
+        _ = state.shutdown.cancelled() => None,
+    };
+    metrics.reply_waiters.dec();
+    outcome
+}
+
+/// 200 with the decision.
+fn decided(outcome: Outcome) -> Response {
+    (StatusCode::OK, axum::Json(OrderStatus::from(outcome))).into_response()
 }
 
 /// `GET /orders/{request_id}`: the decision, `pending`, or 404 for an id never accepted.

@@ -16,6 +16,24 @@ use lapin::{Channel, ExchangeKind};
 use crate::config::{BrokerArgs, QueueType};
 use crate::domain::ItemId;
 
+/// How every exchange is declared.
+const DURABLE_EXCHANGE: ExchangeDeclareOptions = ExchangeDeclareOptions {
+    durable: true,      // survives a broker restart
+    auto_delete: false, // bindings come and go with consumers; the exchange stays
+    internal: false,    // seckill publishes to it directly
+    passive: false,     // create it when missing, not merely check
+    nowait: false,      // a failed declaration is an error here, not later
+};
+
+/// How every queue is declared.
+const DURABLE_QUEUE: QueueDeclareOptions = QueueDeclareOptions {
+    durable: true,      // the queue survives a broker restart (messages are persistent)
+    exclusive: false,   // several daemons consume it: one active, the others standby
+    auto_delete: false, // a queue of accepted requests must outlive its consumers
+    passive: false,     // create it when missing, not merely check
+    nowait: false,      // a failed declaration is an error here, not later
+};
+
 #[derive(Debug, Clone)]
 pub struct Topology {
     prefix: String,
@@ -72,29 +90,44 @@ impl Topology {
 
     /// Declares exchanges and queues (idempotent). Every option is spelled out on purpose.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
-        let durable_exchange = ExchangeDeclareOptions {
-            durable: true, // survives a broker restart
-            ..ExchangeDeclareOptions::default()
-        };
-        let durable_queue = QueueDeclareOptions {
-            durable: true,      // the queue survives a broker restart (messages are persistent)
-            exclusive: false,   // several daemons consume it: one active, the others standby
-            auto_delete: false, // a queue of accepted requests must outlive its consumers
-            ..QueueDeclareOptions::default()
-        };
+        self.declare_dead_letters(channel).await?;
+        channel
+            .exchange_declare(
+                self.orders_exchange().into(),
+                ExchangeKind::Direct,
+                DURABLE_EXCHANGE,
+                FieldTable::default(),
+            )
+            .await?;
+        // Each listener binds a queue of its own to it (see `item_events::listen`).
+        channel
+            .exchange_declare(
+                self.item_events_exchange().into(),
+                ExchangeKind::Fanout,
+                DURABLE_EXCHANGE,
+                FieldTable::default(),
+            )
+            .await?;
+        for partition in 0..self.partitions {
+            self.declare_partition(channel, partition).await?;
+        }
+        Ok(())
+    }
 
+    /// The dead-letter exchange and the queue that keeps what reaches it.
+    async fn declare_dead_letters(&self, channel: &Channel) -> lapin::Result<()> {
         channel
             .exchange_declare(
                 self.dead_letter_exchange().into(),
                 ExchangeKind::Fanout,
-                durable_exchange,
+                DURABLE_EXCHANGE,
                 FieldTable::default(),
             )
             .await?;
         channel
             .queue_declare(
                 self.dead_letter_queue().into(),
-                durable_queue,
+                DURABLE_QUEUE,
                 self.dead_letter_queue_arguments(),
             )
             .await?;
@@ -106,44 +139,27 @@ impl Topology {
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
+            .await
+    }
 
+    /// One partition's queue, bound to the orders exchange by its routing key.
+    async fn declare_partition(&self, channel: &Channel, partition: u16) -> lapin::Result<()> {
         channel
-            .exchange_declare(
+            .queue_declare(
+                self.partition_queue(partition).into(),
+                DURABLE_QUEUE,
+                self.partition_queue_arguments(),
+            )
+            .await?;
+        channel
+            .queue_bind(
+                self.partition_queue(partition).into(),
                 self.orders_exchange().into(),
-                ExchangeKind::Direct,
-                durable_exchange,
+                self.routing_key(partition).into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
-            .await?;
-        // Each listener binds a queue of its own to it (see `item_events::listen`).
-        channel
-            .exchange_declare(
-                self.item_events_exchange().into(),
-                ExchangeKind::Fanout,
-                durable_exchange,
-                FieldTable::default(),
-            )
-            .await?;
-        for partition in 0..self.partitions {
-            channel
-                .queue_declare(
-                    self.partition_queue(partition).into(),
-                    durable_queue,
-                    self.partition_queue_arguments(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    self.partition_queue(partition).into(),
-                    self.orders_exchange().into(),
-                    self.routing_key(partition).into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-        }
-        Ok(())
+            .await
     }
 
     /// Arguments of every partition queue (the benchmark's broker ceiling uses the same).

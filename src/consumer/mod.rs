@@ -85,192 +85,269 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.check()?;
-    let topology = Topology::new(&broker_args);
-    let member = lease::member_id();
-    tracing::info!(%member, "consumer lease id");
-    let mut attempt = 0;
-    let mut connected_before = false;
-    loop {
-        let result = run_connected(
-            &pool,
-            &broker_args,
-            &topology,
-            &args,
-            &member,
-            &shutdown,
-            &mut attempt,
-            &mut connected_before,
-        )
-        .await;
-        if shutdown.is_cancelled() {
-            match &result {
-                Ok(()) => {
-                    tracing::info!("consumer stopped: every batch taken was committed and acked")
-                }
-                Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "consumer stopped with an error")
-                }
-            }
-            return result;
+    let daemon = Daemon {
+        topology: Topology::new(&broker_args),
+        member: lease::member_id(),
+        pool,
+        broker_args,
+        args,
+        shutdown,
+    };
+    tracing::info!(member = %daemon.member, "consumer lease id");
+    daemon.run().await
+}
+
+/// What the daemon is, the same for every broker connection it makes.
+struct Daemon {
+    pool: PgPool,
+    broker_args: BrokerArgs,
+    topology: Topology,
+    args: ConsumerArgs,
+    /// This daemon's id in the lease table, kept across reconnections.
+    member: String,
+    shutdown: CancellationToken,
+}
+
+/// How far the daemon is in getting the broker back.
+#[derive(Default)]
+struct Reconnect {
+    /// Connections that failed or ended since the last one came up: the next back-off.
+    attempt: u32,
+    /// Whether a connection came up before: the next one is a reconnection.
+    connected_before: bool,
+}
+
+impl Reconnect {
+    /// A connection came up, its partitions subscribed.
+    fn connected(&mut self) {
+        if self.connected_before {
+            crate::metrics::get()
+                .broker_reconnects
+                .with_label_values(&["consumer"])
+                .inc();
+            tracing::info!(
+                after_attempts = self.attempt,
+                "consumer reconnected to the broker"
+            );
         }
-        let error = match result {
-            Ok(()) => anyhow::anyhow!("the broker connection ended"),
-            Err(e) => e,
-        };
-        let pause =
-            crate::backoff::delay(attempt, Duration::from_millis(200), Duration::from_secs(10));
-        attempt += 1;
-        tracing::warn!(error = %format!("{error:#}"), retry_in_ms = pause.as_millis() as u64, "consumer lost the broker; reconnecting");
-        tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = tokio::time::sleep(pause) => {}
-        }
+        self.connected_before = true;
+        self.attempt = 0;
+    }
+
+    /// A connection failed or ended: how long to wait before the next one.
+    fn pause(&mut self) -> Duration {
+        let pause = crate::backoff::delay(
+            self.attempt,
+            Duration::from_millis(200),
+            Duration::from_secs(10),
+        );
+        self.attempt += 1;
+        pause
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_connected(
-    pool: &PgPool,
-    broker_args: &BrokerArgs,
-    topology: &Topology,
-    args: &ConsumerArgs,
-    member: &str,
-    shutdown: &CancellationToken,
-    attempt: &mut u32,
-    connected_before: &mut bool,
-) -> anyhow::Result<()> {
-    // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
-    let name = format!("seckill-consumer {}", topology.orders_exchange());
-    let connection = Arc::new(broker::connect(&broker_args.amqp_url, &name).await?);
-    let setup = connection.create_channel().await?;
-    topology.declare(&setup).await?;
-    let dead_letters = connection.create_channel().await?;
-    dead_letters
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
-    let announcements =
-        item_events::subscribe(&connection.create_channel().await?, topology).await?;
-    tokio::spawn(relay_restocks(announcements, restocked.clone()));
-    let context = Arc::new(Context {
-        pool: pool.clone(),
-        topology: topology.clone(),
-        args: args.clone(),
-        dead_letters,
-        restocked,
-    });
-
-    // Stops this connection's partitions and its lease: on shutdown, and when one of them or the
-    // connection fails (the others then finish the batch they are on, then stop). The lease
-    // lives only while the daemon is connected: a daemon without the broker must not be handed
-    // partitions.
-    let stop = shutdown.child_token();
-    let (views_sender, mut views) = watch::channel(None);
-    let lease_task = tokio::spawn(lease::run(
-        pool.clone(),
-        member.to_owned(),
-        broker_args.queue_prefix.clone(),
-        args.clone(),
-        views_sender,
-        stop.clone(),
-    ));
-    let mut partitions =
-        Partitions::new(Arc::clone(&context), Arc::clone(&connection), &stop, member);
-    // Standby everywhere: the broker makes this daemon active where it subscribed first (or
-    // alone), and promotes it at once where the active daemon dies.
-    for partition in 0..topology.partitions() {
-        partitions.subscribe(partition).await?;
+impl Daemon {
+    /// Connects, decides until the connection ends, and reconnects with back-off, until shutdown.
+    async fn run(&self) -> anyhow::Result<()> {
+        let mut reconnect = Reconnect::default();
+        loop {
+            let result = match self.connect().await {
+                Ok(connected) => {
+                    reconnect.connected();
+                    tracing::info!(
+                        partitions = self.topology.partitions(),
+                        "consumer connected; waiting for deliveries"
+                    );
+                    connected.run(&self.shutdown).await
+                }
+                Err(e) => Err(e),
+            };
+            if self.shutdown.is_cancelled() {
+                log_stopped(&result);
+                return result;
+            }
+            let error = match result {
+                Ok(()) => anyhow::anyhow!("the broker connection ended"),
+                Err(e) => e,
+            };
+            let pause = reconnect.pause();
+            tracing::warn!(error = %format!("{error:#}"), retry_in_ms = pause.as_millis() as u64, "consumer lost the broker; reconnecting");
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
     }
-    if *connected_before {
-        crate::metrics::get()
-            .broker_reconnects
-            .with_label_values(&["consumer"])
-            .inc();
-        tracing::info!(
-            after_attempts = *attempt,
-            "consumer reconnected to the broker"
-        );
-    }
-    *connected_before = true;
-    *attempt = 0;
-    tracing::info!(
-        partitions = topology.partitions(),
-        "consumer connected; waiting for deliveries"
-    );
 
-    // lapin issue #389: a consumer stream may wait silently after the broker died, so the
-    // connection's own events are watched too.
-    let mut events = connection.events_listener();
-    let mut outcome = loop {
-        let next_resubscribe = partitions
-            .next_resubscribe()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        tokio::select! {
-            // Checked first: once shutdown is asked, partitions ending are expected.
-            biased;
-            _ = shutdown.cancelled() => break Ok(()),
-            Some(ended) = partitions.tasks.join_next() => match ended {
-                Ok((partition, subscription, result)) => {
-                    if let Err(e) = partitions.ended(partition, subscription, result).await {
-                        break Err(e);
+    /// Opens a connection, starts its lease, and subscribes to every partition.
+    async fn connect(&self) -> anyhow::Result<Connected> {
+        let (connection, context) = self.open().await?;
+        // The lease lives only while the daemon is connected: a daemon without the broker must
+        // not be handed partitions.
+        let stop = self.shutdown.child_token();
+        let (views_sender, views) = watch::channel(None);
+        let lease = tokio::spawn(lease::run(
+            self.pool.clone(),
+            self.member.clone(),
+            self.broker_args.queue_prefix.clone(),
+            self.args.clone(),
+            views_sender,
+            stop.clone(),
+        ));
+        let partitions = Partitions::new(context, Arc::clone(&connection), &stop, &self.member);
+        let mut connected = Connected {
+            connection,
+            partitions,
+            stop,
+            lease,
+            views,
+        };
+        // Standby everywhere: the broker makes this daemon active where it subscribed first (or
+        // alone), and promotes it at once where the active daemon dies.
+        for partition in 0..self.topology.partitions() {
+            if let Err(e) = connected.partitions.subscribe(partition).await {
+                // Not connected after all: the lease must not outlive the attempt.
+                connected.tear_down().await;
+                return Err(e);
+            }
+        }
+        Ok(connected)
+    }
+
+    /// The connection, its topology declared, and what its partitions share.
+    async fn open(&self) -> anyhow::Result<(Arc<lapin::Connection>, Arc<Context>)> {
+        // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
+        let name = format!("seckill-consumer {}", self.topology.orders_exchange());
+        let connection = Arc::new(broker::connect(&self.broker_args.amqp_url, &name).await?);
+        let setup = connection.create_channel().await?;
+        self.topology.declare(&setup).await?;
+        let dead_letters = connection.create_channel().await?;
+        dead_letters
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
+        let announcements =
+            item_events::subscribe(&connection.create_channel().await?, &self.topology).await?;
+        tokio::spawn(relay_restocks(announcements, restocked.clone()));
+        let context = Arc::new(Context {
+            pool: self.pool.clone(),
+            topology: self.topology.clone(),
+            args: self.args.clone(),
+            dead_letters,
+            restocked,
+        });
+        Ok((connection, context))
+    }
+}
+
+fn log_stopped(result: &anyhow::Result<()>) {
+    match result {
+        Ok(()) => tracing::info!("consumer stopped: every batch taken was committed and acked"),
+        Err(e) => tracing::warn!(error = %format!("{e:#}"), "consumer stopped with an error"),
+    }
+}
+
+/// One broker connection's share of the daemon: its partitions and its lease, which end with it.
+struct Connected {
+    connection: Arc<lapin::Connection>,
+    partitions: Partitions,
+    /// Stops this connection's partitions and its lease: on shutdown, and when one of them or
+    /// the connection fails (the others then finish the batch they are on, then stop).
+    stop: CancellationToken,
+    lease: tokio::task::JoinHandle<()>,
+    /// The lease table, as the lease task last read it.
+    views: watch::Receiver<Option<Arc<lease::View>>>,
+}
+
+impl Connected {
+    /// Decides until shutdown or until the connection or a partition fails, then tears down.
+    async fn run(mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let outcome = self.watch(shutdown).await;
+        let partition_error = self.tear_down().await;
+        match (outcome, partition_error) {
+            (Ok(()), Some(error)) => Err(error),
+            (outcome, _) => outcome,
+        }
+    }
+
+    /// Follows the partitions, the lease table and the connection until one of them ends it.
+    async fn watch(&mut self, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        // lapin issue #389: a consumer stream may wait silently after the broker died, so the
+        // connection's own events are watched too.
+        let mut events = self.connection.events_listener();
+        let partitions = &mut self.partitions;
+        loop {
+            let next_resubscribe = partitions
+                .next_resubscribe()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                // Checked first: once shutdown is asked, partitions ending are expected.
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                Some(ended) = partitions.tasks.join_next() => {
+                    let (partition, subscription, result) = ended?;
+                    partitions.ended(partition, subscription, result).await?;
+                }
+                Some(activation) = partitions.activations.recv() => partitions.activated(activation),
+                Ok(()) = self.views.changed() => {
+                    let view = self.views.borrow_and_update().clone();
+                    if let Some(view) = view {
+                        partitions.rebalance(&view);
                     }
                 }
-                Err(join_error) => break Err(join_error.into()),
-            },
-            Some(activation) = partitions.activations.recv() => partitions.activated(activation),
-            Ok(()) = views.changed() => {
-                let view = views.borrow_and_update().clone();
-                if let Some(view) = view {
-                    partitions.rebalance(&view);
+                _ = tokio::time::sleep_until(next_resubscribe), if partitions.next_resubscribe().is_some() => {
+                    partitions.resubscribe_due().await?;
+                }
+                Some(event) = events.next() => {
+                    if let lapin::Event::Error(e) = event {
+                        anyhow::bail!("broker connection error: {e}");
+                    }
                 }
             }
-            _ = tokio::time::sleep_until(next_resubscribe), if partitions.next_resubscribe().is_some() => {
-                if let Err(e) = partitions.resubscribe_due().await {
-                    break Err(e);
-                }
-            }
-            Some(event) = events.next() => {
-                if let lapin::Event::Error(e) = event {
-                    break Err(anyhow::anyhow!("broker connection error: {e}"));
-                }
-            }
-        }
-    };
-    // Let every partition finish the batch it is on (its commit may still land; its ack may
-    // not), within a bound; then close the connection, which hands any prefetched, unacked
-    // deliveries back to the broker. Stopping also releases the lease, so the other daemons
-    // rebalance at their next heartbeat.
-    stop.cancel();
-    let finishing = async {
-        let mut first_error = None;
-        while let Some(ended) = partitions.tasks.join_next().await {
-            let error = match ended {
-                Ok((_, _, Ok(()))) => continue,
-                Ok((_, _, Err(e))) => e,
-                Err(join_error) => join_error.into(),
-            };
-            first_error.get_or_insert(error);
-        }
-        first_error
-    };
-    match tokio::time::timeout(PARTITION_STOP_GRACE, finishing).await {
-        Ok(None) => {}
-        Ok(Some(error)) => {
-            if outcome.is_ok() {
-                outcome = Err(error);
-            }
-        }
-        Err(_) => {
-            tracing::warn!("partitions did not finish their batch in time; aborting them");
-            partitions.tasks.shutdown().await;
         }
     }
-    partitions.forget_all();
-    let _ = connection
-        .close(200, "seckill consumer stopping".into())
-        .await;
-    let _ = lease_task.await;
-    outcome
+
+    /// Lets every partition finish the batch it is on (its commit may still land; its ack may
+    /// not), within a bound; then closes the connection, which hands any prefetched, unacked
+    /// deliveries back to the broker. Stopping also releases the lease, so the other daemons
+    /// rebalance at their next heartbeat. Returns the first error a partition ended with.
+    async fn tear_down(mut self) -> Option<anyhow::Error> {
+        self.stop.cancel();
+        let finished = self.finish_partitions().await;
+        self.partitions.forget_all();
+        let _ = self
+            .connection
+            .close(200, "seckill consumer stopping".into())
+            .await;
+        let _ = self.lease.await;
+        finished
+    }
+
+    /// Awaits every partition task, within [`PARTITION_STOP_GRACE`] (then aborts them). Returns
+    /// the first error among them.
+    async fn finish_partitions(&mut self) -> Option<anyhow::Error> {
+        let tasks = &mut self.partitions.tasks;
+        let finishing = async {
+            let mut first_error = None;
+            while let Some(ended) = tasks.join_next().await {
+                let error = match ended {
+                    Ok((_, _, Ok(()))) => continue,
+                    Ok((_, _, Err(e))) => e,
+                    Err(join_error) => join_error.into(),
+                };
+                first_error.get_or_insert(error);
+            }
+            first_error
+        };
+        match tokio::time::timeout(PARTITION_STOP_GRACE, finishing).await {
+            Ok(first_error) => first_error,
+            Err(_) => {
+                tracing::warn!("partitions did not finish their batch in time; aborting them");
+                self.partitions.tasks.shutdown().await;
+                None
+            }
+        }
+    }
 }
 
 /// Hands each restock announcement to the partitions; ends with the connection (whose end also

@@ -13,6 +13,7 @@
 //! the commit but before the ack redelivers requests whose outcomes are stored: the batch lookup
 //! finds them and answers them from the store instead of deciding again. The group commit is
 //! what makes it fast: one fsync for hundreds of decisions instead of one per request.
+//! `Subscription::process_batch` takes these steps in this order, one function each.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ use crate::store::{self, CommitError, Fence};
 /// Path name recorded with the outcomes this consumer decides.
 pub const PATH: PathName = PathName::Queue;
 
+/// Decides the partition's deliveries until `shutdown` (once the batch it is on is acked) or
+/// an error.
 pub(crate) async fn run(
     context: Arc<Context>,
     channel: Channel,
@@ -47,14 +50,42 @@ pub(crate) async fn run(
     on_active: Option<super::OnActive>,
 ) -> anyhow::Result<()> {
     let queue = context.topology.partition_queue(partition);
+    let mut deliveries = consume(&context, &channel, &queue, partition).await?;
+    let mut restocked = context.restocked.subscribe();
+    let mut subscription = Subscription {
+        context,
+        channel,
+        partition,
+        queue,
+        shutdown,
+        decider: Decider {
+            on_active,
+            ..Decider::default()
+        },
+    };
+    let result = subscription
+        .decide_until_stopped(&mut deliveries, &mut restocked)
+        .await;
+    // This subscription's item states leave memory with it.
+    subscription.decider.report_memory(0);
+    result
+}
+
+/// Subscribes to the partition's queue.
+async fn consume(
+    context: &Context,
+    channel: &Channel,
+    queue: &str,
+    partition: u16,
+) -> lapin::Result<lapin::Consumer> {
     // Per-consumer prefetch: enough unacked deliveries in flight to fill the next batch while
     // this one commits.
     channel
         .basic_qos(context.args.prefetch, BasicQosOptions { global: false })
         .await?;
-    let mut deliveries = channel
+    channel
         .basic_consume(
-            queue.clone().into(),
+            queue.into(),
             format!("seckill-{}-p{partition}", std::process::id()).into(),
             BasicConsumeOptions {
                 no_ack: false,    // ack only after the decisions are committed
@@ -63,64 +94,311 @@ pub(crate) async fn run(
             },
             FieldTable::default(),
         )
-        .await?;
-    let mut decider = Decider {
-        on_active,
-        ..Decider::default()
-    };
-    let mut restocked = context.restocked.subscribe();
-    let result = decide_until_stopped(
-        &context,
-        &channel,
-        &queue,
-        &mut decider,
-        &mut deliveries,
-        &mut restocked,
-        &shutdown,
-    )
-    .await;
-    // This subscription's item states leave memory with it.
-    decider.report_memory(0);
-    result
+        .await
 }
 
-/// The partition's loop: batch after batch, and a look for idle items now and then (also while
-/// no request comes).
-async fn decide_until_stopped(
-    context: &Context,
-    channel: &Channel,
-    queue: &str,
-    decider: &mut Decider,
-    deliveries: &mut lapin::Consumer,
-    restocked: &mut broadcast::Receiver<ItemId>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let idle = context.args.item_idle();
-    let mut sweeps = tokio::time::interval(EVICTION_SWEEP_EVERY.min(idle / 4));
-    sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            // Checked first: once shutdown is asked, no new batch is started.
-            biased;
-            _ = shutdown.cancelled() => return Ok(()),
-            _ = sweeps.tick() => {
-                decider.evict_idle(idle, queue);
-                continue;
-            }
-            next = deliveries.next() => next,
-        };
-        let mut batch = vec![next_delivery(first, queue)?];
-        let deadline = tokio::time::Instant::now() + context.args.batch_linger();
-        while batch.len() < usize::from(context.args.batch_size_max) {
+/// Most time between two looks for idle items (less when the idle time is short).
+const EVICTION_SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// One subscription to a partition: where its batches come from and what they are decided,
+/// committed and answered with.
+struct Subscription {
+    context: Arc<Context>,
+    /// The subscription's own channel: its deliveries are acked and its replies sent on it.
+    channel: Channel,
+    partition: u16,
+    queue: String,
+    /// Stops the loop between two batches, and a batch waiting to redo its commit.
+    shutdown: CancellationToken,
+    decider: Decider,
+}
+
+/// A batch's deliveries, sorted by what becomes of them.
+struct Batch {
+    deliveries: Vec<Delivery>,
+    /// The requests to decide, in delivery order, each with the index of its delivery. Once the
+    /// batch is committed, only those decided are left, one per answer.
+    requests: Vec<(usize, OrderRequest)>,
+    /// Deliveries to dead-letter, by index, with the reason: undecodable, or undecidable.
+    rejects: Vec<(usize, String)>,
+}
+
+/// What a committed batch decided.
+struct Committed {
+    /// One answer per decided request, in order.
+    answers: Vec<Outcome>,
+    /// Why some requests could not be decided, by delivery index.
+    undecidable: HashMap<usize, String>,
+    /// Commits that failed before this one succeeded.
+    failed_attempts: u32,
+}
+
+impl Subscription {
+    /// The partition's loop: batch after batch, and a look for idle items now and then (also
+    /// while no request comes).
+    async fn decide_until_stopped(
+        &mut self,
+        deliveries: &mut lapin::Consumer,
+        restocked: &mut broadcast::Receiver<ItemId>,
+    ) -> anyhow::Result<()> {
+        let idle = self.context.args.item_idle();
+        let mut sweeps = tokio::time::interval(EVICTION_SWEEP_EVERY.min(idle / 4));
+        sweeps.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                // Checked first: once shutdown is asked, no new batch is started.
+                biased;
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = sweeps.tick() => {
+                    self.decider.evict_idle(idle, &self.queue);
+                    continue;
+                }
+                next = deliveries.next() => next,
+            };
+            let first = next_delivery(first, &self.queue)?;
+            let batch = self.fill_batch(first, deliveries).await?;
+            forget_restocked(restocked, &mut self.decider.sequencer);
+            self.process_batch(batch).await?;
+            self.decider.report_active();
+        }
+    }
+
+    /// The batch that starts with `first`: what else arrives within the linger, up to the size.
+    async fn fill_batch(
+        &self,
+        first: Delivery,
+        deliveries: &mut lapin::Consumer,
+    ) -> anyhow::Result<Vec<Delivery>> {
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + self.context.args.batch_linger();
+        while batch.len() < usize::from(self.context.args.batch_size_max) {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(next) => batch.push(next_delivery(next, queue)?),
+                Ok(next) => batch.push(next_delivery(next, &self.queue)?),
                 Err(_linger_over) => break,
             }
         }
-        forget_restocked(restocked, &mut decider.sequencer);
-        process_batch(context, channel, queue, decider, batch, shutdown).await?;
-        decider.report_active();
+        Ok(batch)
     }
+
+    /// One batch, in the order the crash-safety argument at the top of this file rests on:
+    /// decide and commit (nothing is acked until the commit succeeds), then dead-letter what
+    /// could not be decided and ack everything, then reply and announce.
+    #[tracing::instrument(name = "batch", skip_all, fields(
+        partition = self.partition,
+        size = deliveries.len(),
+        epoch = self.decider.fence.as_ref().map(|f| f.epoch),
+    ))]
+    async fn process_batch(&mut self, deliveries: Vec<Delivery>) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut batch = Batch::decode(deliveries);
+        crate::failpoint::hit("before_decide");
+        let committed = self.decide_and_commit(&batch).await?;
+        let commit_time = started.elapsed();
+        report_committed(&batch, &committed, commit_time);
+        batch.set_aside(committed.undecidable);
+        self.settle(&batch).await?;
+        let replied = self.reply_and_announce(&batch, &committed.answers).await;
+        tracing::debug!(
+            size = batch.deliveries.len(),
+            decided = committed.answers.len(),
+            dead_lettered = batch.rejects.len(),
+            redelivered = batch.redelivered(),
+            replied,
+            commit_ms = commit_time.as_millis() as u64,
+            "batch committed"
+        );
+        Ok(())
+    }
+
+    /// Decides the batch and commits it. If the database fails, forgets what was decided in
+    /// memory and redoes the whole batch from the database's state, until it commits or the
+    /// subscription is stopped. Nothing is acked until this succeeds.
+    async fn decide_and_commit(&mut self, batch: &Batch) -> anyhow::Result<Committed> {
+        // Stored outcomes are looked up first only for a batch with redeliveries. A fresh batch
+        // skips that round trip: a request id decided before (a client retry) makes the commit
+        // hit the unique key on `outcomes.request_id`, and the batch is redone with the lookup.
+        let mut look_up_stored = batch.redelivered() > 0;
+        let mut failed_attempts = 0;
+        loop {
+            let pool = &self.context.pool;
+            let attempt = self
+                .decider
+                .decide_and_commit_once(pool, &self.queue, &batch.requests, look_up_stored)
+                .await;
+            let error = match attempt {
+                Ok((answers, undecidable)) => {
+                    self.decider.touch(batch.item_ids());
+                    return Ok(Committed {
+                        answers,
+                        undecidable,
+                        failed_attempts,
+                    });
+                }
+                Err(CommitError::Fenced { queue, epoch }) => {
+                    // Another consumer became active on this partition while this one was
+                    // paused or cut off: nothing of this batch was written. Step down; its
+                    // deliveries go back to the broker, and to the active consumer.
+                    crate::metrics::get().consumer.commit_failures.inc();
+                    tracing::warn!(%queue, epoch, "fenced out by a newer consumer of the partition; stepping down");
+                    anyhow::bail!("fenced out of {queue} (epoch {epoch} is no longer current)");
+                }
+                Err(CommitError::Database(e)) => e,
+            };
+            self.decider.sequencer.forget(batch.item_ids());
+            if !look_up_stored && is_unique_violation(&error) {
+                look_up_stored = true;
+                tracing::debug!(
+                    "a request of the batch was decided before; redoing it with a lookup"
+                );
+                continue;
+            }
+            look_up_stored = true;
+            self.wait_before_redo(&error, failed_attempts).await?;
+            failed_attempts += 1;
+        }
+    }
+
+    /// Backs off after a failed commit; stopping meanwhile leaves the batch unacked.
+    async fn wait_before_redo(&self, error: &sqlx::Error, attempt: u32) -> anyhow::Result<()> {
+        crate::metrics::get().consumer.commit_failures.inc();
+        let pause =
+            crate::backoff::delay(attempt, Duration::from_millis(50), Duration::from_secs(5));
+        tracing::warn!(error = %error, attempt = attempt + 1, retry_in_ms = pause.as_millis() as u64,
+            "cannot commit a batch; it stays unacked and will be decided again");
+        tokio::select! {
+            _ = self.shutdown.cancelled() => anyhow::bail!(
+                "stopped with an uncommitted batch (the broker will redeliver it)"),
+            _ = tokio::time::sleep(pause) => Ok(()),
+        }
+    }
+
+    /// Dead-letters what could not be decided, then acks every delivery up to the last one:
+    /// each is now committed or safely copied to the dead letters.
+    async fn settle(&self, batch: &Batch) -> anyhow::Result<()> {
+        dead_letter(&self.context, batch).await?;
+        self.channel
+            .basic_ack(batch.last_tag(), BasicAckOptions { multiple: true })
+            .await?;
+        crate::failpoint::hit("after_ack");
+        Ok(())
+    }
+
+    /// Sends the answers to their clients, and tells the API instances which items sold out.
+    /// Returns how many answers went out.
+    async fn reply_and_announce(&self, batch: &Batch, answers: &[Outcome]) -> usize {
+        let replied = reply(&self.channel, batch, answers).await;
+        announce_sold_out(&self.context, &self.channel, &self.decider, batch).await;
+        replied
+    }
+}
+
+impl Batch {
+    /// Sorts the deliveries into decodable requests and messages to dead-letter.
+    fn decode(deliveries: Vec<Delivery>) -> Self {
+        let mut requests = Vec::with_capacity(deliveries.len());
+        let mut rejects = Vec::new();
+        for (index, delivery) in deliveries.iter().enumerate() {
+            match message::decode(&delivery.properties, &delivery.data) {
+                Ok(request) => requests.push((index, request)),
+                Err(reason) => rejects.push((index, reason.0)),
+            }
+        }
+        Self {
+            deliveries,
+            requests,
+            rejects,
+        }
+    }
+
+    fn redelivered(&self) -> usize {
+        self.deliveries.iter().filter(|d| d.redelivered).count()
+    }
+
+    fn last_tag(&self) -> u64 {
+        let last = self.deliveries.last().expect("a batch is never empty");
+        last.delivery_tag
+    }
+
+    fn item_ids(&self) -> impl Iterator<Item = ItemId> + '_ {
+        self.requests.iter().map(|(_, r)| r.item_id)
+    }
+
+    /// Moves the requests that could not be decided to the dead letters, leaving the decided
+    /// ones, in order.
+    fn set_aside(&mut self, mut undecidable: HashMap<usize, String>) {
+        self.requests
+            .retain(|(index, _)| match undecidable.remove(index) {
+                Some(reason) => {
+                    self.rejects.push((*index, reason));
+                    false
+                }
+                None => true,
+            });
+    }
+}
+
+/// Counts the committed batch, and logs each decided request at `debug` (the API logs the same
+/// request id, so one grep follows a request through both).
+fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration) {
+    if committed.failed_attempts > 0 {
+        tracing::info!(
+            failed_attempts = committed.failed_attempts,
+            commit_ms = commit_time.as_millis() as u64,
+            "batch committed after the database came back"
+        );
+    }
+    let metrics = crate::metrics::get();
+    metrics
+        .consumer
+        .batch_size
+        .observe(batch.deliveries.len() as f64);
+    metrics
+        .consumer
+        .commit_latency
+        .observe(commit_time.as_secs_f64());
+    metrics
+        .consumer
+        .redeliveries
+        .inc_by(batch.redelivered() as u64);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let decided = batch
+            .requests
+            .iter()
+            .filter(|(index, _)| !committed.undecidable.contains_key(index));
+        for ((_, request), outcome) in decided.zip(&committed.answers) {
+            tracing::debug!(request_id = %request.request_id, item_id = request.item_id,
+                status = %outcome.status.as_str(), "request decided");
+        }
+    }
+}
+
+/// One reply per reply_to for the whole batch (each API instance has one reply_to).
+/// At-most-once by design: a lost reply costs the client a GET, never a decision. Returns how
+/// many answers were sent.
+async fn reply(channel: &Channel, batch: &Batch, answers: &[Outcome]) -> usize {
+    let mut replies: HashMap<&ShortString, Vec<Outcome>> = HashMap::new();
+    for ((index, _), outcome) in batch.requests.iter().zip(answers) {
+        if let Some(reply_to) = batch.deliveries[*index].properties.reply_to() {
+            replies.entry(reply_to).or_default().push(*outcome);
+        }
+    }
+    let mut replied = 0;
+    for (reply_to, outcomes) in &replies {
+        let props = BasicProperties::default().with_content_type(message::CONTENT_TYPE_JSON.into());
+        let sent = channel
+            .basic_publish(
+                "".into(),
+                (*reply_to).clone(),
+                BasicPublishOptions::default(),
+                &message::encode_replies(outcomes),
+                props,
+            )
+            .await;
+        if sent.is_ok() {
+            replied += outcomes.len();
+        }
+    }
+    replied
 }
 
 /// Drops the state of items restocked since the last batch: their next request reloads them
@@ -144,9 +422,6 @@ fn next_delivery(next: Option<lapin::Result<Delivery>>, queue: &str) -> anyhow::
         )),
     }
 }
-
-/// Most time between two looks for idle items (less when the idle time is short).
-const EVICTION_SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// What one subscription to a partition decides with.
 #[derive(Default)]
@@ -174,174 +449,128 @@ impl Decider {
     fn evict_idle(&mut self, idle: Duration, queue: &str) {
         let evicted = self.sequencer.evict_idle(Instant::now(), idle);
         if evicted > 0 {
-            crate::metrics::get().items_evicted.inc_by(evicted as u64);
+            crate::metrics::get()
+                .consumer
+                .items_evicted
+                .inc_by(evicted as u64);
             tracing::debug!(%queue, evicted, kept = self.sequencer.len(), "dropped the state of idle items");
         }
         self.report_memory(self.sequencer.len());
     }
 
+    /// Marks the items of a committed batch as used now (they are not idle).
+    fn touch(&mut self, item_ids: impl IntoIterator<Item = ItemId>) {
+        self.sequencer.touch(item_ids, Instant::now());
+        self.report_memory(self.sequencer.len());
+    }
+
     /// Moves the process-wide gauge of items in memory by this sequencer's change.
     fn report_memory(&mut self, items: usize) {
-        let gauge = &crate::metrics::get().items_in_memory;
+        let gauge = &crate::metrics::get().consumer.items_in_memory;
         gauge.add(items as i64 - self.reported_items as i64);
         self.reported_items = items;
     }
+
+    /// Loads what the sequencer needs, decides, and commits. Returns one answer per request it
+    /// decided (in order) and, by delivery index, why it could not decide the others: their item
+    /// does not exist, or no request may ask their quantity of it.
+    async fn decide_and_commit_once(
+        &mut self,
+        pool: &sqlx::PgPool,
+        queue: &str,
+        pending: &[(usize, OrderRequest)],
+        look_up_stored: bool,
+    ) -> Result<(Vec<Outcome>, HashMap<usize, String>), CommitError> {
+        self.take_epoch_once(pool, queue).await?;
+        let fence = self.fence.as_ref().expect("taken above");
+        let stored: HashMap<Uuid, Outcome> = if look_up_stored {
+            let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
+            store::stored_outcomes(pool, &ids).await?
+        } else {
+            HashMap::new()
+        };
+        load_items(pool, &mut self.sequencer, pending).await?;
+        let (requests, undecidable) = sort_out_undecidable(&self.sequencer, pending);
+        // Time-ordered ids keep the orders primary-key index appending at its right edge.
+        let decision = self
+            .sequencer
+            .decide_batch(&requests, &stored, Uuid::now_v7);
+        crate::failpoint::hit("before_commit");
+        store::commit_batch(pool, PATH, &decision, fence).await?;
+        crate::failpoint::hit("after_commit");
+        let decisions = &crate::metrics::get().consumer.decisions;
+        for new in &decision.new_outcomes {
+            decisions
+                .with_label_values(&[new.outcome.status.as_str()])
+                .inc();
+        }
+        Ok((decision.answers, undecidable))
+    }
+
+    /// The first call of a subscription takes the partition's epoch, before any item state is
+    /// loaded, so that state includes every commit of the previous holder.
+    async fn take_epoch_once(&mut self, pool: &sqlx::PgPool, queue: &str) -> sqlx::Result<()> {
+        if self.fence.is_none() {
+            self.sequencer.forget_all();
+            let taken = store::take_epoch(pool, queue, &holder_name()).await?;
+            tracing::Span::current().record("epoch", taken.epoch);
+            tracing::info!(%queue, epoch = taken.epoch, "active on the partition; took a new epoch");
+            self.fence = Some(taken);
+        }
+        Ok(())
+    }
 }
 
-async fn process_batch(
-    context: &Context,
-    channel: &Channel,
-    queue: &str,
-    decider: &mut Decider,
-    batch: Vec<Delivery>,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let last_tag = batch.last().expect("a batch is never empty").delivery_tag;
-    let redelivered = batch.iter().filter(|d| d.redelivered).count();
-    // Decodable requests, each with the index of its delivery; the rest are dead-lettered.
-    let mut pending: Vec<(usize, OrderRequest)> = Vec::with_capacity(batch.len());
-    let mut rejects: Vec<(usize, String)> = Vec::new();
-    for (index, delivery) in batch.iter().enumerate() {
-        match message::decode(&delivery.properties, &delivery.data) {
-            Ok(request) => pending.push((index, request)),
-            Err(reason) => rejects.push((index, reason.0)),
+/// Loads the state of every item of `pending` the sequencer does not know yet (those that do
+/// not exist stay unknown).
+async fn load_items(
+    pool: &sqlx::PgPool,
+    sequencer: &mut Sequencer,
+    pending: &[(usize, OrderRequest)],
+) -> sqlx::Result<()> {
+    let mut unknown = Vec::new();
+    for (_, request) in pending {
+        let item_id = request.item_id;
+        if sequencer.knows(item_id) || unknown.contains(&item_id) {
+            continue;
+        }
+        match store::load_item_state(pool, item_id).await? {
+            Some(state) => sequencer.insert(item_id, state),
+            None => unknown.push(item_id),
         }
     }
-
-    // Decide and commit; if the database fails, forget what was decided in memory and redo
-    // the whole batch from the database's state. Nothing is acked until this succeeds.
-    //
-    // Stored outcomes are looked up first only for a batch with redeliveries. A fresh batch
-    // skips that round trip: a request id decided before (a client retry) makes the commit hit
-    // the unique key on `outcomes.request_id`, and the batch is redone with the lookup.
-    crate::failpoint::hit("before_decide");
-    let mut look_up_stored = redelivered > 0;
-    let mut attempt = 0;
-    let (answers, undecidable) = loop {
-        match decide_and_commit(&context.pool, queue, decider, &pending, look_up_stored).await {
-            Ok(done) => break done,
-            Err(CommitError::Fenced { queue, epoch }) => {
-                // Another consumer became active on this partition while this one was paused
-                // or cut off: nothing of this batch was written. Step down; its deliveries go
-                // back to the broker, and to the active consumer.
-                crate::metrics::get().commit_failures.inc();
-                tracing::warn!(%queue, epoch, "fenced out by a newer consumer of the partition; stepping down");
-                anyhow::bail!("fenced out of {queue} (epoch {epoch} is no longer current)");
-            }
-            Err(CommitError::Database(e)) if !look_up_stored && is_unique_violation(&e) => {
-                decider
-                    .sequencer
-                    .forget(pending.iter().map(|(_, r)| r.item_id));
-                look_up_stored = true;
-                tracing::debug!(
-                    "a request of the batch was decided before; redoing it with a lookup"
-                );
-            }
-            Err(e) => {
-                decider
-                    .sequencer
-                    .forget(pending.iter().map(|(_, r)| r.item_id));
-                look_up_stored = true;
-                crate::metrics::get().commit_failures.inc();
-                let pause = crate::backoff::delay(
-                    attempt,
-                    Duration::from_millis(50),
-                    Duration::from_secs(5),
-                );
-                attempt += 1;
-                tracing::warn!(error = %e, attempt, retry_in_ms = pause.as_millis() as u64,
-                    "cannot commit a batch; it stays unacked and will be decided again");
-                tokio::select! {
-                    _ = shutdown.cancelled() => anyhow::bail!(
-                        "stopped with an uncommitted batch (the broker will redeliver it)"),
-                    _ = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    };
-    decider
-        .sequencer
-        .touch(pending.iter().map(|(_, r)| r.item_id), Instant::now());
-    let items_known = decider.sequencer.len();
-    decider.report_memory(items_known);
-    let commit_time = started.elapsed();
-    let commit_ms = commit_time.as_millis() as u64;
-    if attempt > 0 {
-        tracing::info!(
-            failed_attempts = attempt,
-            commit_ms,
-            "batch committed after the database came back"
-        );
-    }
-    let metrics = crate::metrics::get();
-    metrics.batch_size.observe(batch.len() as f64);
-    metrics.commit_latency.observe(commit_time.as_secs_f64());
-    metrics.redeliveries.inc_by(redelivered as u64);
-
-    let (refused, decided): (Vec<_>, Vec<_>) = pending
-        .iter()
-        .partition(|(index, _)| undecidable.contains_key(index));
-    for (index, _) in refused {
-        rejects.push((*index, undecidable[index].clone()));
-    }
-    dead_letter(context, &batch, &rejects).await?;
-
-    // Acks every delivery up to the last one: all are committed or safely dead-lettered.
-    channel
-        .basic_ack(last_tag, BasicAckOptions { multiple: true })
-        .await?;
-    crate::failpoint::hit("after_ack");
-
-    // One reply per reply_to for the whole batch (each API instance has one reply_to).
-    // At-most-once by design: a lost reply costs the client a GET, never a decision.
-    let mut replies: HashMap<&ShortString, Vec<Outcome>> = HashMap::new();
-    for ((index, _), outcome) in decided.iter().zip(&answers) {
-        if let Some(reply_to) = batch[*index].properties.reply_to() {
-            replies.entry(reply_to).or_default().push(*outcome);
-        }
-    }
-    let mut replied = 0;
-    for (reply_to, outcomes) in &replies {
-        let props = BasicProperties::default().with_content_type(message::CONTENT_TYPE_JSON.into());
-        let sent = channel
-            .basic_publish(
-                "".into(),
-                (*reply_to).clone(),
-                BasicPublishOptions::default(),
-                &message::encode_replies(outcomes),
-                props,
-            )
-            .await;
-        if sent.is_ok() {
-            replied += outcomes.len();
-        }
-    }
-    announce_sold_out(context, channel, decider, &decided).await;
-    tracing::debug!(
-        size = batch.len(),
-        decided = answers.len(),
-        dead_lettered = rejects.len(),
-        redelivered,
-        replied,
-        commit_ms,
-        "batch committed"
-    );
     Ok(())
+}
+
+/// The requests the sequencer may decide, and why it may not decide the others, by delivery
+/// index.
+fn sort_out_undecidable(
+    sequencer: &Sequencer,
+    pending: &[(usize, OrderRequest)],
+) -> (Vec<OrderRequest>, HashMap<usize, String>) {
+    let mut undecidable = HashMap::new();
+    let mut requests: Vec<OrderRequest> = Vec::with_capacity(pending.len());
+    for (index, request) in pending {
+        let refusal = match sequencer.state(request.item_id) {
+            None => Some(format!("unknown item {}", request.item_id)),
+            Some(state) => state.refusal(request.quantity),
+        };
+        match refusal {
+            Some(reason) => {
+                undecidable.insert(*index, reason);
+            }
+            None => requests.push(request.clone()),
+        }
+    }
+    (requests, undecidable)
 }
 
 /// Tells every API instance which items of the batch are sold out, so they answer `sold_out`
 /// at the door (see [`crate::shedding`]). Sent after every batch that saw such an item, so an
 /// API instance started later learns it too; a lost announcement only costs a shed request.
-async fn announce_sold_out(
-    context: &Context,
-    channel: &Channel,
-    decider: &Decider,
-    decided: &[&(usize, OrderRequest)],
-) {
-    let mut items: Vec<ItemId> = decided
-        .iter()
-        .map(|(_, r)| r.item_id)
+async fn announce_sold_out(context: &Context, channel: &Channel, decider: &Decider, batch: &Batch) {
+    let mut items: Vec<ItemId> = batch
+        .item_ids()
         .filter(|id| {
             decider
                 .sequencer
@@ -361,14 +590,10 @@ async fn announce_sold_out(
 
 /// Copies undecidable messages to the dead-letter exchange with the reason, and waits for the
 /// broker to confirm every copy (only then may the originals be acked).
-async fn dead_letter(
-    context: &Context,
-    batch: &[Delivery],
-    rejects: &[(usize, String)],
-) -> anyhow::Result<()> {
+async fn dead_letter(context: &Context, batch: &Batch) -> anyhow::Result<()> {
     let exchange = context.topology.dead_letter_exchange();
-    let publishes = rejects.iter().map(|(index, reason)| {
-        let delivery = &batch[*index];
+    let publishes = batch.rejects.iter().map(|(index, reason)| {
+        let delivery = &batch.deliveries[*index];
         tracing::warn!(%reason, queue = %delivery.routing_key, "dead-lettering a message");
         let props = message::dead_letter_properties(&delivery.properties, reason);
         let exchange = exchange.clone();
@@ -392,8 +617,9 @@ async fn dead_letter(
     });
     try_join_all(publishes).await?;
     crate::metrics::get()
+        .consumer
         .dead_lettered
-        .inc_by(rejects.len() as u64);
+        .inc_by(batch.rejects.len() as u64);
     Ok(())
 }
 
@@ -407,70 +633,4 @@ pub(crate) fn holder_name() -> String {
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-/// Loads what the sequencer needs, decides, and commits. Returns one answer per request it
-/// decided (in order) and, by delivery index, why it could not decide the others: their item does
-/// not exist, or no request may ask their quantity of it. The first call of a subscription
-/// takes the partition's epoch, before any item state is loaded, so that state includes every
-/// commit of the previous holder.
-async fn decide_and_commit(
-    pool: &sqlx::PgPool,
-    queue: &str,
-    Decider {
-        sequencer, fence, ..
-    }: &mut Decider,
-    pending: &[(usize, OrderRequest)],
-    look_up_stored: bool,
-) -> Result<(Vec<Outcome>, HashMap<usize, String>), CommitError> {
-    if fence.is_none() {
-        sequencer.forget_all();
-        let taken = store::take_epoch(pool, queue, &holder_name()).await?;
-        tracing::info!(%queue, epoch = taken.epoch, "active on the partition; took a new epoch");
-        *fence = Some(taken);
-    }
-    let fence = fence.as_ref().expect("taken above");
-    let stored: HashMap<Uuid, Outcome> = if look_up_stored {
-        let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
-        store::stored_outcomes(pool, &ids).await?
-    } else {
-        HashMap::new()
-    };
-    let mut unknown = Vec::new();
-    for (_, request) in pending {
-        let item_id = request.item_id;
-        if sequencer.knows(item_id) || unknown.contains(&item_id) {
-            continue;
-        }
-        match store::load_item_state(pool, item_id).await? {
-            Some(state) => sequencer.insert(item_id, state),
-            None => unknown.push(item_id),
-        }
-    }
-    let mut undecidable = HashMap::new();
-    let mut requests: Vec<OrderRequest> = Vec::with_capacity(pending.len());
-    for (index, request) in pending {
-        let refusal = match sequencer.state(request.item_id) {
-            None => Some(format!("unknown item {}", request.item_id)),
-            Some(state) => state.refusal(request.quantity),
-        };
-        match refusal {
-            Some(reason) => {
-                undecidable.insert(*index, reason);
-            }
-            None => requests.push(request.clone()),
-        }
-    }
-    // Time-ordered ids keep the orders primary-key index appending at its right edge.
-    let decision = sequencer.decide_batch(&requests, &stored, Uuid::now_v7);
-    crate::failpoint::hit("before_commit");
-    store::commit_batch(pool, PATH, &decision, fence).await?;
-    crate::failpoint::hit("after_commit");
-    let decisions = &crate::metrics::get().decisions;
-    for new in &decision.new_outcomes {
-        decisions
-            .with_label_values(&[new.outcome.status.as_str()])
-            .inc();
-    }
-    Ok((decision.answers, undecidable))
 }

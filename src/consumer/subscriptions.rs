@@ -223,7 +223,7 @@ impl Partitions {
                 "handed over p{partition} with its batch uncommitted (the broker redelivers it)"
             ),
         }
-        crate::metrics::get().partition_handovers.inc();
+        crate::metrics::get().consumer.partition_handovers.inc();
         // Closing the channel cancels its consumer. A channel the broker already closed is
         // fine (that is the goal); a close that hangs means the connection is broken.
         if let Some(channel) = channel {
@@ -263,8 +263,14 @@ impl Partitions {
             .count() as i64;
         let owned = self.owned.as_ref().map_or(0, |o| o.len() as i64);
         let metrics = crate::metrics::get();
-        metrics.partitions_active.add(active - self.active_counted);
-        metrics.partitions_owned.add(owned - self.owned_counted);
+        metrics
+            .consumer
+            .partitions_active
+            .add(active - self.active_counted);
+        metrics
+            .consumer
+            .partitions_owned
+            .add(owned - self.owned_counted);
         self.active_counted = active;
         self.owned_counted = owned;
     }
