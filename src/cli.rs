@@ -5,7 +5,6 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use sqlx::PgPool;
 
 use crate::app::{self, App, Settings};
 use crate::config::{
@@ -175,33 +174,19 @@ impl Command {
                 };
                 run_daemon(&database, settings, "consumer exiting").await
             }
-            Command::Migrate { database } => {
-                store::connect(&database).await?;
-                println!(
-                    "database {} is migrated",
-                    redact_url(&database.database_url)
-                );
-                Ok(Verdict::Success)
-            }
+            Command::Migrate { database } => migrate(&database).await,
             Command::RedisLoad {
                 item,
                 all: _,
                 database,
                 redis,
-            } => {
-                let pool = store::connect(&database).await?;
-                redis_load(&pool, &redis, item).await?;
-                Ok(Verdict::Success)
-            }
+            } => redis_load(&database, &redis, item).await,
             Command::Audit {
                 item,
                 expect_settled,
                 json,
                 database,
-            } => {
-                let pool = store::connect(&database).await?;
-                Ok(print_audit(&pool, item, expect_settled, json).await?.into())
-            }
+            } => print_audit(&database, item, expect_settled, json).await,
             Command::Bench {
                 bench,
                 database,
@@ -246,8 +231,23 @@ async fn run_daemon(
     Ok(Verdict::Success)
 }
 
+/// `seckill migrate`.
+async fn migrate(database: &DatabaseArgs) -> anyhow::Result<Verdict> {
+    store::connect(database).await?;
+    println!(
+        "database {} is migrated",
+        redact_url(&database.database_url)
+    );
+    Ok(Verdict::Success)
+}
+
 /// `seckill redis-load`: one item, or every item (`None`).
-async fn redis_load(pool: &PgPool, redis: &RedisArgs, item: Option<i64>) -> anyhow::Result<()> {
+async fn redis_load(
+    database: &DatabaseArgs,
+    redis: &RedisArgs,
+    item: Option<i64>,
+) -> anyhow::Result<Verdict> {
+    let pool = &store::connect(database).await?;
     let store = RedisStore::new(redis)?;
     let shown = redact_url(&redis.redis_url);
     match item {
@@ -260,17 +260,18 @@ async fn redis_load(pool: &PgPool, redis: &RedisArgs, item: Option<i64>) -> anyh
             println!("{loaded} item(s) loaded into Redis at {shown}");
         }
     }
-    Ok(())
+    Ok(Verdict::Success)
 }
 
 /// `seckill audit`: prints one item's audit or every item's, as text or JSON; whether all are
 /// clean.
 async fn print_audit(
-    pool: &PgPool,
+    database: &DatabaseArgs,
     item: Option<i64>,
     expect_settled: bool,
     json: bool,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Verdict> {
+    let pool = &store::connect(database).await?;
     let audits = match item {
         Some(id) => vec![
             audit::audit_item(pool, id, expect_settled)
@@ -282,7 +283,7 @@ async fn print_audit(
     let clean = audits.iter().all(audit::ItemAudit::is_clean);
     if json {
         println!("{}", serde_json::to_string_pretty(&audits)?);
-        return Ok(clean);
+        return Ok(clean.into());
     }
     for a in &audits {
         println!("{a}");
@@ -293,5 +294,5 @@ async fn print_audit(
         "VIOLATIONS FOUND"
     };
     println!("{} item(s) audited: {verdict}", audits.len());
-    Ok(clean)
+    Ok(clean.into())
 }

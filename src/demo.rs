@@ -46,22 +46,35 @@ pub async fn run(
     };
     let app = App::start(pool.clone(), settings, CancellationToken::new()).await?;
     let base = app.api_url().expect("the demo runs an API");
-
     let http = reqwest::Client::new();
+    let item_id = create_item(&http, &base, args.stock).await?;
+    println!(
+        "item {item_id}: stock {}; sending {} requests from {} users, {} at a time, through the queue",
+        args.stock, args.requests, args.users, args.concurrency
+    );
+    buy(&http, &base, item_id, &args).await;
+    let report = settled_audit(&pool, item_id).await?;
+    println!("{report}");
+    app.stop().await?;
+    Ok(report.is_clean())
+}
+
+async fn create_item(http: &reqwest::Client, base: &str, stock: i64) -> anyhow::Result<i64> {
     let item: serde_json::Value = http
         .post(format!("{base}/items"))
-        .json(&json!({ "name": "demo phone", "stock": args.stock }))
+        .json(&json!({ "name": "demo phone", "stock": stock }))
         .send()
         .await?
         .error_for_status()?
         .json()
         .await?;
-    let item_id = item["id"].as_i64().expect("the API returns the item id");
-    println!(
-        "item {item_id}: stock {}; sending {} requests from {} users, {} at a time, through the queue",
-        args.stock, args.requests, args.users, args.concurrency
-    );
+    item["id"]
+        .as_i64()
+        .ok_or_else(|| anyhow::anyhow!("the API answered no item id: {item}"))
+}
 
+/// The burst: every request waits for its decision (`?wait=`); prints what they were told.
+async fn buy(http: &reqwest::Client, base: &str, item_id: i64, args: &DemoArgs) {
     let started = Instant::now();
     let users = args.users.max(1);
     let statuses: Vec<String> = futures::stream::iter(0..args.requests)
@@ -83,7 +96,6 @@ pub async fn run(
         .collect()
         .await;
     let elapsed = started.elapsed();
-
     let mut counts: BTreeMap<String, u32> = BTreeMap::new();
     for s in statuses {
         *counts.entry(s).or_default() += 1;
@@ -94,22 +106,21 @@ pub async fn run(
         elapsed.as_secs_f64(),
         f64::from(args.requests) / elapsed.as_secs_f64()
     );
+}
 
-    // Requests answered `pending` are still being decided: wait (bounded) for them.
+/// The item's audit once every request is decided: those answered `pending` are still being
+/// decided, so it waits for them (bounded) before counting an undecided one as a violation.
+async fn settled_audit(pool: &PgPool, item_id: i64) -> anyhow::Result<audit::ItemAudit> {
     let deadline = Instant::now() + Duration::from_secs(30);
-    let report = loop {
-        let report = audit::audit_item(&pool, item_id, false)
+    loop {
+        let report = audit::audit_item(pool, item_id, false)
             .await?
-            .expect("the item exists");
+            .ok_or_else(|| anyhow::anyhow!("item {item_id} vanished"))?;
         if report.undecided == 0 || Instant::now() > deadline {
-            break audit::audit_item(&pool, item_id, true)
+            return audit::audit_item(pool, item_id, true)
                 .await?
-                .expect("the item exists");
+                .ok_or_else(|| anyhow::anyhow!("item {item_id} vanished"));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    println!("{report}");
-
-    app.stop().await?;
-    Ok(report.is_clean())
+    }
 }

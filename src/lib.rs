@@ -13,25 +13,29 @@
 //! ```
 //!
 //! # Layout
-//! - [`domain`]: items, requests, outcomes and their validation — the shared vocabulary.
-//! - [`config`]: flags and environment variables of every command.
-//! - [`store`]: PostgreSQL: connect and migrate, items, accepted requests, outcomes, group commit.
-//! - [`broker`]: RabbitMQ topology, the message format, and the API's confirming publisher.
+//! - [`app`]: the composition root. [`app::App::start`] runs what a process needs — API,
+//!   consumer, shedding, metrics — from one [`app::Settings`], holds every task, stops them all.
+//! - [`cli`]: the subcommands and their dispatch; `src/main.rs` only parses and maps the result.
+//! - [`sale`]: the vocabulary of a sale, below everything that sells: an item's rules and state,
+//!   [`sale::ItemRules::judge`] (the one purchase rule), a batch's decision, path names.
+//! - [`domain`]: requests, outcomes, item specs and their validation, as clients send them.
+//! - [`config`]: flags and environment variables of every command, and their checks.
+//! - [`store`]: PostgreSQL: connect and migrate, items, accepted requests, outcomes, group
+//!   commit, and which database errors are transient.
+//! - [`broker`]: RabbitMQ: node list, topology, the message format, the confirming publisher.
 //! - [`consumer`]: the daemon; [`consumer::sequencer`] is the pure decider,
-//!   [`consumer::partition`] the batch → decide → commit → ack loop around it;
+//!   [`consumer::partition`] the decode → decide and commit → settle and ack → reply loop;
 //!   [`consumer::lease`] and [`consumer::balance`] share the partitions among several daemons.
 //! - [`api`]: the axum HTTP API (`seckill serve`); [`shedding`]: answering `sold_out` at the
 //!   door once the consumer announced an item sold out; [`batcher`]: the handlers' group commit.
 //! - [`paths`]: what the queue path is compared with — the lock-based purchase paths
 //!   (`POST /orders?path=NAME`: pessimistic, optimistic, advisory, Redis locks and scripts, and
 //!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema.
-//! - [`audit`]: the invariants, checked from the database alone.
-//! - [`bench`]: `seckill bench`, every path on one scenario: throughput, latency, audit.
-//! - [`demo`]: one queue-path sale end to end, the quickest look.
+//! - [`audit`]: the invariants, checked from the database alone, in one snapshot.
+//! - `bench` (feature `bench`, on by default): `seckill bench`, every path on one scenario;
+//!   `demo`: one queue-path sale end to end, the quickest look.
 //! - [`backoff`]: capped, jittered retry delays; [`failpoint`]: crash switches for crash tests.
 //! - [`metrics`]: the process's counters and histograms, served as `GET /metrics`.
-//!
-//! The binary (`src/main.rs`) is a thin CLI over these modules.
 
 pub mod api;
 pub mod app;
