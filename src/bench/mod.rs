@@ -543,17 +543,23 @@ async fn summarize(
         .filter(|(k, _)| *k != "error")
         .map(|(_, v)| v)
         .sum();
-    let mut violations = Vec::new();
-    let mut orders = 0;
-    let mut oversold = false;
-    for &item in items.iter() {
-        let a = audit::audit_item(&bench.pool, item, true)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("item {item} vanished"))?;
-        orders += a.orders;
-        oversold |= a.orders > a.stock_initial;
-        violations.extend(a.violations.iter().map(|v| format!("item {item}: {v}")));
+    let audits = audit::audit_items(&bench.pool, items, true).await?;
+    if let Some(item) = items
+        .iter()
+        .find(|i| !audits.iter().any(|a| a.item_id == **i))
+    {
+        anyhow::bail!("item {item} vanished");
     }
+    let orders = audits.iter().map(|a| a.orders).sum();
+    let oversold = audits.iter().any(audit::ItemAudit::is_oversold);
+    let violations = audits
+        .iter()
+        .flat_map(|a| {
+            a.violations
+                .iter()
+                .map(|v| format!("item {}: {v}", a.item_id))
+        })
+        .collect::<Vec<_>>();
     Ok(PathResult {
         path: path.to_string(),
         requests: recorder.total(),
