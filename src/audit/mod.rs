@@ -12,7 +12,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::domain::ItemId;
 use facts::ItemFacts;
-pub use violation::Violation;
+pub use violation::{KindViolation, Violation};
 
 /// What the audit found for one item. `violations` empty means the item is sound.
 ///
@@ -167,31 +167,29 @@ fn violations(facts: &ItemFacts, expect_settled: bool) -> Vec<Violation> {
 fn kind_violations(facts: &ItemFacts) -> Vec<Violation> {
     let orders = &facts.orders;
     let Some(total) = facts.item.packet_total else {
-        let goods = (orders.with_amount > 0).then_some(Violation::GoodsWithAmount {
+        let goods = (orders.with_amount > 0).then_some(KindViolation::GoodsWithAmount {
             orders: orders.with_amount,
         });
-        return goods.into_iter().collect();
+        return goods.into_iter().map(Violation::Kind).collect();
     };
     // Every share positive and one per user (one unit per order), the shares paid out plus
     // what remains make the total, and the total is paid out exactly once every share is taken.
     let (paid, remaining) = (orders.amount_paid, facts.item.packet_remaining);
-    [
-        (orders.bad_shares > 0).then_some(Violation::BadShares {
+    let found = [
+        (orders.bad_shares > 0).then_some(KindViolation::BadShares {
             bad: orders.bad_shares,
             grabs: orders.orders,
         }),
-        (paid > total).then_some(Violation::PacketOverspent { paid, total }),
-        (remaining != Some(total - paid)).then_some(Violation::PacketDoesNotAddUp {
+        (paid > total).then_some(KindViolation::PacketOverspent { paid, total }),
+        (remaining != Some(total - paid)).then_some(KindViolation::PacketDoesNotAddUp {
             paid,
             remaining,
             total,
         }),
         (facts.item.stock_remaining == 0 && paid != total)
-            .then_some(Violation::PacketUnderpaid { paid, total }),
-    ]
-    .into_iter()
-    .flatten()
-    .collect()
+            .then_some(KindViolation::PacketUnderpaid { paid, total }),
+    ];
+    found.into_iter().flatten().map(Violation::Kind).collect()
 }
 
 impl std::fmt::Display for ItemAudit {
@@ -301,22 +299,24 @@ mod tests {
         assert_eq!(
             ItemAudit::of(&packet, true).violations,
             [
-                Violation::PacketDoesNotAddUp {
+                Violation::Kind(KindViolation::PacketDoesNotAddUp {
                     paid: 90,
                     remaining: Some(0),
                     total: 100
-                },
-                Violation::PacketUnderpaid {
+                }),
+                Violation::Kind(KindViolation::PacketUnderpaid {
                     paid: 90,
                     total: 100
-                },
+                }),
             ]
         );
         let mut goods = sound_sale(2, 2);
         goods.orders.with_amount = 1;
         assert_eq!(
             ItemAudit::of(&goods, true).violations,
-            [Violation::GoodsWithAmount { orders: 1 }]
+            [Violation::Kind(KindViolation::GoodsWithAmount {
+                orders: 1
+            })]
         );
     }
 }

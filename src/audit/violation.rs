@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 ///
 /// In `seckill audit --json` a violation is its sentence (a JSON string, as `Display` prints
 /// it), so the JSON reads the same as the text and as before the variants existed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Violation {
     /// More units sold than the item ever had.
     Oversold {
@@ -44,6 +44,16 @@ pub enum Violation {
         units_sold: i64,
         stock_initial: i64,
     },
+    /// Accepted requests without an outcome, once everything should have drained.
+    NeverDecided { requests: i64 },
+    /// An invariant of the item's kind broken (a red packet's amounts, or goods with one).
+    Kind(KindViolation),
+}
+
+/// What can be wrong with the amounts of an item, by its kind: a red packet's shares, or goods
+/// that carry amounts at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindViolation {
     /// Red packet grabs that are not one share of a positive amount.
     BadShares { bad: i64, grabs: i64 },
     /// A red packet paid out more than its total.
@@ -58,14 +68,12 @@ pub enum Violation {
     PacketUnderpaid { paid: i64, total: i64 },
     /// Orders of goods (not a red packet) carrying an amount.
     GoodsWithAmount { orders: i64 },
-    /// Accepted requests without an outcome, once everything should have drained.
-    NeverDecided { requests: i64 },
 }
 
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Violation::Oversold {
+            Self::Oversold {
                 units_sold,
                 orders,
                 stock_initial,
@@ -75,7 +83,7 @@ impl fmt::Display for Violation {
                     "oversold: {orders} orders for a stock of {stock_initial}"
                 )
             }
-            Violation::Oversold {
+            Self::Oversold {
                 units_sold,
                 orders,
                 stock_initial,
@@ -83,7 +91,7 @@ impl fmt::Display for Violation {
                 f,
                 "oversold: {units_sold} units in {orders} orders for a stock of {stock_initial}"
             ),
-            Violation::StockDoesNotAddUp {
+            Self::StockDoesNotAddUp {
                 stock_remaining,
                 units_sold,
                 stock_initial,
@@ -91,35 +99,33 @@ impl fmt::Display for Violation {
                 f,
                 "stock does not add up: remaining {stock_remaining} + units sold {units_sold} != initial {stock_initial}"
             ),
-            Violation::DuplicateBuyers { users } => {
-                write!(f, "{users} users hold more than one order")
-            }
-            Violation::OverLimit {
+            Self::DuplicateBuyers { users } => write!(f, "{users} users hold more than one order"),
+            Self::OverLimit {
                 users,
                 per_user_limit,
             } => write!(
                 f,
                 "{users} users hold more than the per-user limit of {per_user_limit}"
             ),
-            Violation::UnitsNotPurchased { orders } => write!(
+            Self::UnitsNotPurchased { orders } => write!(
                 f,
                 "{orders} orders hold other than the units of their 'purchased' outcomes"
             ),
-            Violation::FalseOverLimit { outcomes } => write!(
+            Self::FalseOverLimit { outcomes } => write!(
                 f,
                 "{outcomes} 'already_purchased' outcomes for users the limit left room for"
             ),
-            Violation::OrdersWithoutOutcome { orders } => {
+            Self::OrdersWithoutOutcome { orders } => {
                 write!(f, "{orders} orders have no matching 'purchased' outcome")
             }
-            Violation::PurchasesWithoutOrder { outcomes } => {
+            Self::PurchasesWithoutOrder { outcomes } => {
                 write!(f, "{outcomes} 'purchased' outcomes have no order")
             }
-            Violation::FalseAlreadyPurchased { outcomes } => write!(
+            Self::FalseAlreadyPurchased { outcomes } => write!(
                 f,
                 "{outcomes} 'already_purchased' outcomes for users without an order"
             ),
-            Violation::FalseSoldOut {
+            Self::FalseSoldOut {
                 told,
                 sold_out,
                 units_sold,
@@ -128,14 +134,25 @@ impl fmt::Display for Violation {
                 f,
                 "{told} of {sold_out} requests told 'sold_out' while enough units were left ({units_sold} of {stock_initial} sold)"
             ),
-            Violation::BadShares { bad, grabs } => write!(
+            Self::NeverDecided { requests } => {
+                write!(f, "{requests} accepted requests were never decided")
+            }
+            Self::Kind(kind) => kind.fmt(f),
+        }
+    }
+}
+
+impl fmt::Display for KindViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::BadShares { bad, grabs } => write!(
                 f,
                 "{bad} of {grabs} red packet grabs are not one share of a positive amount"
             ),
-            Violation::PacketOverspent { paid, total } => {
+            Self::PacketOverspent { paid, total } => {
                 write!(f, "red packet overspent: {paid} paid of a total of {total}")
             }
-            Violation::PacketDoesNotAddUp {
+            Self::PacketDoesNotAddUp {
                 paid,
                 remaining,
                 total,
@@ -143,14 +160,11 @@ impl fmt::Display for Violation {
                 f,
                 "red packet does not add up: {paid} paid + {remaining:?} remaining != total {total}"
             ),
-            Violation::PacketUnderpaid { paid, total } => {
+            Self::PacketUnderpaid { paid, total } => {
                 write!(f, "every share taken but {paid} paid of a total of {total}")
             }
-            Violation::GoodsWithAmount { orders } => {
+            Self::GoodsWithAmount { orders } => {
                 write!(f, "{orders} orders of goods carry a red packet amount")
-            }
-            Violation::NeverDecided { requests } => {
-                write!(f, "{requests} accepted requests were never decided")
             }
         }
     }
@@ -192,7 +206,7 @@ mod tests {
     fn in_json_a_violation_is_its_sentence() {
         let v = Violation::NeverDecided { requests: 3 };
         assert_eq!(
-            serde_json::to_value(&v).unwrap(),
+            serde_json::to_value(v).unwrap(),
             serde_json::json!("3 accepted requests were never decided")
         );
     }
