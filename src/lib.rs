@@ -37,10 +37,12 @@ pub mod api;
 pub mod audit;
 pub mod backoff;
 pub mod batcher;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod consumer;
+#[cfg(feature = "bench")]
 pub mod demo;
 pub mod domain;
 pub mod failpoint;

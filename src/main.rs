@@ -13,9 +13,11 @@ use seckill::broker::{publisher::Publisher, topology::Topology};
 use seckill::config::{
     BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs, redact_url,
 };
+#[cfg(feature = "bench")]
+use seckill::demo;
 use seckill::paths::{self, Registry, redis_store::RedisStore};
 use seckill::shedding::Shedder;
-use seckill::{audit, consumer, demo, store};
+use seckill::{audit, consumer, store};
 
 /// Flash-sale order processor: purchase requests go through RabbitMQ, and one consumer per item
 /// decides them in order, without locks, committing in batches.
@@ -101,6 +103,7 @@ enum Command {
     },
     /// Compare every purchase path on one scenario: throughput, latency and the audit verdict.
     /// Writes a table to the terminal, results.json and report.html to --out.
+    #[cfg(feature = "bench")]
     Bench {
         #[command(flatten)]
         bench: seckill::bench::BenchArgs,
@@ -114,6 +117,7 @@ enum Command {
         paths: PathArgs,
     },
     /// Run the queue path end to end in-process: one item, a burst of buyers, the audit.
+    #[cfg(feature = "bench")]
     Demo {
         #[command(flatten)]
         demo: demo::DemoArgs,
@@ -306,6 +310,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        #[cfg(feature = "bench")]
         Command::Bench {
             bench,
             database,
@@ -326,6 +331,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        #[cfg(feature = "bench")]
         Command::Demo {
             demo: args,
             database,
