@@ -42,11 +42,13 @@ pub mod app;
 pub mod audit;
 pub mod backoff;
 pub mod batcher;
+#[cfg(feature = "bench")]
 pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod consumer;
+#[cfg(feature = "bench")]
 pub mod demo;
 pub mod domain;
 pub mod failpoint;

@@ -178,7 +178,8 @@ async fn naive_loses_an_update_and_the_audit_reports_the_oversell() {
             (2, remaining_after),
             "both sold, one decrement lost"
         );
-        let violations = report.violations.join("\n");
+        let violations: Vec<String> = report.violations.iter().map(|v| v.to_string()).collect();
+        let violations = violations.join("\n");
         assert!(violations.contains("stock does not add up"), "{report}");
         assert_eq!(
             violations.contains("oversold: 2 orders for a stock of 1"),

@@ -15,16 +15,162 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
+use serde::Serialize;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::broker::{self, message};
+use super::decided::{wait_decided, wait_requests_decided};
+use super::scenario::{Attempt, ScenarioSpec};
+use crate::app::{App, Settings};
+use crate::broker::{self, message, publisher::Publisher, topology::Topology};
+use crate::config::{BrokerArgs, ConsumerArgs};
 use crate::consumer::sequencer::Sequencer;
 use crate::domain::OrderRequest;
 use crate::store;
 
 /// Most publishes awaiting their confirm at once.
 const CONFIRMS_IN_FLIGHT_MAX: usize = 1000;
+
+/// Fewest messages a broker ceiling is measured with: shorter runs are mostly ramp-up.
+const CEILING_MESSAGES_MIN: usize = 30_000;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Ceilings {
+    /// Broker alone: publish-confirm → consume → ack at once, messages per second.
+    pub broker_msgs_per_s: Option<f64>,
+    /// Broker alone, draining a pre-filled queue (consume + ack only), messages per second.
+    pub broker_drain_msgs_per_s: Option<f64>,
+    /// Database alone: decide + group commit, decisions per second.
+    pub database_decisions_per_s: Option<f64>,
+    /// Consumer alone, draining a pre-filled queue: decisions per second.
+    pub consumer_prefilled_per_s: Option<f64>,
+}
+
+/// Broker alone, database alone, and the consumer draining a pre-filled queue, on the
+/// scenario's requests (repeated up to [`CEILING_MESSAGES_MIN`]); the items it creates are
+/// added to `all_items`.
+pub(super) async fn measure(
+    pool: &PgPool,
+    broker: &BrokerArgs,
+    consumer_args: &ConsumerArgs,
+    spec: &ScenarioSpec,
+    attempts: &[Attempt],
+    all_items: &mut Vec<i64>,
+) -> anyhow::Result<Ceilings> {
+    let attempts: Vec<&Attempt> = attempts
+        .iter()
+        .cycle()
+        .take(attempts.len().max(CEILING_MESSAGES_MIN))
+        .collect();
+    let count = attempts.len();
+    eprintln!("measuring the ceilings with {count} messages…");
+    let broker_rate = broker_alone(
+        &broker.amqp_url,
+        &Topology::new(broker),
+        &format!("{}.ceiling", broker.queue_prefix),
+        count,
+        consumer_args.prefetch,
+        usize::from(consumer_args.batch_size_max),
+    )
+    .await?;
+
+    let db_items = create_items_in_db(pool, spec).await?;
+    all_items.extend(&db_items);
+    let db_rate = database_alone(
+        pool,
+        &requests_for(&attempts, &db_items),
+        usize::from(consumer_args.batch_size_max),
+    )
+    .await?;
+
+    let prefill_items = create_items_in_db(pool, spec).await?;
+    all_items.extend(&prefill_items);
+    let requests = requests_for(&attempts, &prefill_items);
+    let consumer_rate =
+        consumer_prefilled(pool, broker, consumer_args, &requests, &prefill_items).await?;
+    Ok(Ceilings {
+        broker_msgs_per_s: Some(broker_rate.flowing_per_s),
+        broker_drain_msgs_per_s: Some(broker_rate.draining_per_s),
+        database_decisions_per_s: Some(db_rate),
+        consumer_prefilled_per_s: Some(consumer_rate),
+    })
+}
+
+/// The attempts as fresh requests for `items`.
+fn requests_for(attempts: &[&Attempt], items: &[i64]) -> Vec<OrderRequest> {
+    attempts
+        .iter()
+        .map(|a| OrderRequest {
+            request_id: Uuid::now_v7(),
+            item_id: items[a.item],
+            user_id: a.user.clone(),
+            quantity: 1,
+        })
+        .collect()
+}
+
+/// The real consumer on a topology of its own, pre-filled with `requests` while nothing
+/// consumes it, then drained: decisions per second.
+async fn consumer_prefilled(
+    pool: &PgPool,
+    broker: &BrokerArgs,
+    consumer_args: &ConsumerArgs,
+    requests: &[OrderRequest],
+    items: &[i64],
+) -> anyhow::Result<f64> {
+    let mut prefill = broker.clone();
+    prefill.queue_prefix = format!("{}-prefill", broker.queue_prefix);
+    let topology = Topology::new(&prefill);
+    let publisher = Publisher::connect(&prefill.amqp_url, topology.clone()).await?;
+    let publishes = requests.iter().map(|r| publisher.publish(r, false));
+    for result in futures::stream::iter(publishes)
+        .buffer_unordered(1000)
+        .collect::<Vec<_>>()
+        .await
+    {
+        result?;
+    }
+    let started = Instant::now();
+    let consumer = App::start(
+        pool.clone(),
+        Settings {
+            broker: prefill.clone(),
+            api: None,
+            consumer: Some(consumer_args.clone()),
+            metrics_bind: None,
+        },
+        CancellationToken::new(),
+    )
+    .await?;
+    // Each partition is decided in queue order, so its last request decided means all of it
+    // is: watching those few ids by primary key keeps the probe from loading the database.
+    let mut last_of_partition = HashMap::new();
+    for r in requests {
+        last_of_partition.insert(topology.partition_of(r.item_id), r.request_id);
+    }
+    let last: Vec<Uuid> = last_of_partition.into_values().collect();
+    wait_requests_decided(pool, &last, Duration::from_secs(300)).await?;
+    wait_decided(pool, items, requests.len() as i64, Duration::from_secs(10)).await?;
+    let consumer_rate = requests.len() as f64 / started.elapsed().as_secs_f64();
+    consumer.stop().await?;
+    let connection = broker::connect(&prefill.amqp_url, "seckill-bench-cleanup").await?;
+    topology.delete(&connection.create_channel().await?).await?;
+    Ok(consumer_rate)
+}
+
+/// The scenario's items, created straight in the database (the ceilings need no API).
+async fn create_items_in_db(pool: &PgPool, spec: &ScenarioSpec) -> anyhow::Result<Vec<i64>> {
+    let mut ids = Vec::with_capacity(spec.items);
+    for i in 0..spec.items.max(1) {
+        ids.push(
+            store::create_item(pool, &format!("bench ceiling #{i}"), spec.stock_per_item)
+                .await?
+                .id,
+        );
+    }
+    Ok(ids)
+}
 
 /// The broker alone, in two shapes, on a durable queue with the partition queues' arguments,
 /// ~100-byte persistent messages, confirms (up to 1,000 in flight) and batched acks:
@@ -38,7 +184,7 @@ pub struct BrokerCeiling {
 
 pub async fn broker_alone(
     amqp_url: &str,
-    topology: &crate::broker::topology::Topology,
+    topology: &Topology,
     queue: &str,
     count: usize,
     prefetch: u16,
@@ -190,64 +336,4 @@ pub async fn database_alone(
         store::commit_batch(pool, crate::sale::PathName::Queue, &decision, &fence).await?;
     }
     Ok(requests.len() as f64 / started.elapsed().as_secs_f64().max(1e-9))
-}
-
-/// Waits until `expected` outcomes exist for `items`, polling; returns when the last arrived.
-pub async fn wait_decided(
-    pool: &PgPool,
-    items: &[i64],
-    expected: i64,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let decided: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE item_id = ANY($1::bigint[])")
-                .bind(items)
-                .fetch_one(pool)
-                .await?;
-        if decided >= expected {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {decided} of {expected} requests were decided within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Waits until every one of `request_ids` has an outcome (primary-key lookups only).
-pub async fn wait_requests_decided(
-    pool: &PgPool,
-    request_ids: &[Uuid],
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let decided: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE request_id = ANY($1::uuid[])")
-                .bind(request_ids)
-                .fetch_one(pool)
-                .await?;
-        if decided >= request_ids.len() as i64 {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "requests not decided within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
-/// Counts outcomes by status for a set of items (what the database says was decided).
-pub async fn outcome_counts(pool: &PgPool, items: &[i64]) -> anyhow::Result<HashMap<String, u64>> {
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT status, count(*) FROM outcomes WHERE item_id = ANY($1::bigint[]) GROUP BY status",
-    )
-    .bind(items)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.into_iter().map(|(s, n)| (s, n as u64)).collect())
 }

@@ -6,10 +6,13 @@ use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{BenchResults, PathResult};
+use super::args::Via;
+use super::row::BenchPath;
+use super::scenario::ScenarioSpec;
+use super::summary::{BenchResults, PathResult};
 
 /// A bar for one path: requests answered, current rate. Hidden when stderr is not a terminal.
-pub fn progress_bar(path: &str, total: u64) -> ProgressBar {
+pub fn progress_bar(path: BenchPath, total: u64) -> ProgressBar {
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     bar.set_style(
         ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {per_sec:>12} {elapsed}")
@@ -20,6 +23,23 @@ pub fn progress_bar(path: &str, total: u64) -> ProgressBar {
     bar
 }
 
+/// The line that opens a run: what it sends, and how.
+pub fn intro(spec: &ScenarioSpec, concurrency: usize, via: Via) -> String {
+    format!(
+        "seckill bench: {:?} scenario, {} requests per path from {} users, stock {} × {} item(s), \
+         concurrency {}, via {:?}, seed {}",
+        spec.kind,
+        spec.requests,
+        spec.users,
+        spec.stock_per_item,
+        spec.items,
+        concurrency,
+        via,
+        spec.seed
+    )
+}
+
+/// The line printed as each path finishes.
 pub fn one_line(r: &PathResult) -> String {
     format!(
         "{:>12}: {:>8.0} decided/s, p99 {:>8.1} ms, {} orders of {} stock, audit {}",
@@ -40,13 +60,21 @@ fn verdict(r: &PathResult) -> &'static str {
     }
 }
 
-fn count(r: &PathResult, status: &str) -> u64 {
-    r.outcomes.get(status).copied().unwrap_or(0)
-}
-
-/// The terminal table.
+/// The terminal table: a row per path, the violations found, the ceilings, the comparisons.
 pub fn table(results: &BenchResults) -> String {
     let mut out = String::new();
+    path_rows(&mut out, &results.paths);
+    for r in results.paths.iter().filter(|r| !r.audit.clean) {
+        for v in r.audit.violations.iter().take(3) {
+            let _ = writeln!(out, "  {}: {v}", r.path);
+        }
+    }
+    ceiling_lines(&mut out, results);
+    comparison_lines(&mut out, &results.paths);
+    out
+}
+
+fn path_rows(out: &mut String, paths: &[PathResult]) {
     let _ = writeln!(
         out,
         "{:<12} {:>10} {:>9} {:>8} {:>8} {:>8} {:>9} {:>9} {:>8} {:>8} {:>8} {:>6}  audit",
@@ -63,7 +91,7 @@ pub fn table(results: &BenchResults) -> String {
         "retry",
         "error"
     );
-    for r in &results.paths {
+    for r in paths {
         let _ = writeln!(
             out,
             "{:<12} {:>10.0} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9} {:>8} {:>8} {:>8} {:>6}  {}",
@@ -74,28 +102,27 @@ pub fn table(results: &BenchResults) -> String {
             r.latency.p95_ms,
             r.latency.p99_ms,
             r.latency.max_ms,
-            count(r, "purchased"),
-            count(r, "sold_out"),
-            count(r, "already_purchased"),
-            count(r, "failed_retry"),
-            count(r, "error"),
+            r.outcomes.purchased,
+            r.outcomes.sold_out,
+            r.outcomes.already_purchased,
+            r.outcomes.failed_retry,
+            r.outcomes.error,
             verdict(r)
         );
     }
-    for r in results.paths.iter().filter(|r| !r.audit.clean) {
-        for v in r.audit.violations.iter().take(3) {
-            let _ = writeln!(out, "  {}: {v}", r.path);
-        }
-    }
+}
+
+fn find(paths: &[PathResult], path: BenchPath) -> Option<&PathResult> {
+    paths.iter().find(|r| r.path == path)
+}
+
+/// Each ceiling measured, with how close the queue path came to it.
+fn ceiling_lines(out: &mut String, results: &BenchResults) {
     let c = &results.ceilings;
-    let queue = results.paths.iter().find(|r| r.path == "queue");
     // The ceilings are of the broker and the database, so they are compared with the queue path
     // as it runs when every request goes through both (answers at the door go through neither).
-    let through_broker = results
-        .paths
-        .iter()
-        .find(|r| r.path == super::QUEUE_NO_SHED)
-        .or(queue);
+    let through_broker = find(&results.paths, BenchPath::QueueNoShed)
+        .or_else(|| find(&results.paths, BenchPath::QUEUE));
     let fraction = |ceiling: Option<f64>| match (through_broker, ceiling) {
         (Some(q), Some(c)) if c > 0.0 => {
             format!(" ({} at {:.0}%)", q.path, 100.0 * q.decided_per_s / c)
@@ -125,11 +152,12 @@ pub fn table(results: &BenchResults) -> String {
     if let Some(p) = c.consumer_prefilled_per_s {
         let _ = writeln!(out, "consumer, pre-filled queue: {p:>8.0} decisions/s");
     }
-    let unshed = results
-        .paths
-        .iter()
-        .find(|r| r.path == super::QUEUE_NO_SHED);
-    if let (Some(q), Some(u)) = (queue, unshed)
+}
+
+/// The queue path against itself without shedding, and against `pessimistic`.
+fn comparison_lines(out: &mut String, paths: &[PathResult]) {
+    let queue = find(paths, BenchPath::QUEUE);
+    if let (Some(q), Some(u)) = (queue, find(paths, BenchPath::QueueNoShed))
         && u.decided_per_s > 0.0
     {
         let _ = writeln!(
@@ -146,9 +174,10 @@ pub fn table(results: &BenchResults) -> String {
             u.latency.p99_ms
         );
     }
-    let pessimistic = results.paths.iter().find(|r| r.path == "pessimistic");
-    if let (Some(q), Some(p)) = (queue, pessimistic)
-        && p.decided_per_s > 0.0
+    if let (Some(q), Some(p)) = (
+        queue,
+        find(paths, BenchPath::Path(crate::sale::PathName::Pessimistic)),
+    ) && p.decided_per_s > 0.0
     {
         let _ = writeln!(
             out,
@@ -158,7 +187,6 @@ pub fn table(results: &BenchResults) -> String {
             p.latency.p99_ms
         );
     }
-    out
 }
 
 /// Writes `results.json` and `report.html` into `dir`.
@@ -281,7 +309,7 @@ fn cdf_chart(results: &BenchResults) -> String {
             points.join(" "),
             w - 100.0,
             20.0 + 14.0 * i as f64,
-            escape(&r.path)
+            escape(r.path.as_str())
         );
     }
     svg.push_str("</svg>");
@@ -292,39 +320,14 @@ fn html(results: &BenchResults) -> String {
     let throughput: Vec<(String, f64)> = results
         .paths
         .iter()
-        .map(|r| (r.path.clone(), r.decided_per_s))
+        .map(|r| (r.path.to_string(), r.decided_per_s))
         .collect();
     let p99: Vec<(String, f64)> = results
         .paths
         .iter()
-        .map(|r| (r.path.clone(), r.latency.p99_ms))
+        .map(|r| (r.path.to_string(), r.latency.p99_ms))
         .collect();
-    let mut rows = String::new();
-    for r in &results.paths {
-        let _ = write!(
-            rows,
-            "<tr class=\"{}\"><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
-            if r.audit.clean { "ok" } else { "bad" },
-            escape(&r.path),
-            r.decided_per_s,
-            r.orders_per_s,
-            r.latency.p50_ms,
-            r.latency.p95_ms,
-            r.latency.p99_ms,
-            r.latency.max_ms,
-            count(r, "purchased"),
-            count(r, "sold_out"),
-            count(r, "already_purchased"),
-            count(r, "failed_retry"),
-            count(r, "error"),
-            verdict(r),
-            r.audit
-                .violations
-                .first()
-                .map(|v| format!(": {}", escape(v)))
-                .unwrap_or_default()
-        );
-    }
+    let rows = html_rows(&results.paths);
     let s = &results.scenario;
     let e = &results.environment;
     format!(
@@ -362,4 +365,35 @@ fn html(results: &BenchResults) -> String {
         cdf_chart(results),
         escape(&table(results)),
     )
+}
+
+/// The table's rows, one per path, red where the audit found a violation.
+fn html_rows(paths: &[PathResult]) -> String {
+    let mut rows = String::new();
+    for r in paths {
+        let _ = write!(
+            rows,
+            "<tr class=\"{}\"><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td></tr>",
+            if r.audit.clean { "ok" } else { "bad" },
+            escape(r.path.as_str()),
+            r.decided_per_s,
+            r.orders_per_s,
+            r.latency.p50_ms,
+            r.latency.p95_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms,
+            r.outcomes.purchased,
+            r.outcomes.sold_out,
+            r.outcomes.already_purchased,
+            r.outcomes.failed_retry,
+            r.outcomes.error,
+            verdict(r),
+            r.audit
+                .violations
+                .first()
+                .map(|v| format!(": {}", escape(v)))
+                .unwrap_or_default()
+        );
+    }
+    rows
 }

@@ -2,15 +2,23 @@
 //! sampling every few seconds the rate achieved, the latency of that window and the process's
 //! resident memory — a leak or a queue that grows without bound shows as a rising line.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use super::answer::Answer;
+use super::driver::{Bench, send};
+use super::row::BenchPath;
 use super::scenario::Attempt;
 use super::stats::Recorder;
-use super::{Bench, send};
+
+/// How a soak runs: for how long, at which rate, sampled how often.
+pub(super) struct SoakSettings {
+    pub duration: Duration,
+    pub rate_per_s: u32,
+    pub sample_every: Duration,
+}
 
 /// One sampling window.
 #[derive(Debug, Clone, Serialize)]
@@ -26,70 +34,107 @@ pub struct SoakSample {
     pub errors: u64,
 }
 
-/// Sends `attempts` round and round at `rate` per second for `duration`, with at most
+/// What the simulated clients record into: the current sampling window, and the whole soak.
+#[derive(Default)]
+struct Recorders {
+    window: Mutex<Recorder>,
+    overall: Mutex<Recorder>,
+}
+
+/// Sends `attempts` round and round at the soak's rate for its duration, with at most
 /// `bench.concurrency` in flight (past that the schedule slips rather than piling up).
 pub(super) async fn run(
     bench: &Arc<Bench>,
-    path: &str,
+    path: BenchPath,
     items: &Arc<Vec<i64>>,
     attempts: &Arc<Vec<Attempt>>,
-    duration: Duration,
-    rate_per_s: u32,
-    sample_every: Duration,
+    settings: &SoakSettings,
 ) -> anyhow::Result<(Recorder, Vec<SoakSample>)> {
-    let window = Arc::new(Mutex::new(Recorder::default()));
-    let overall = Arc::new(Mutex::new(Recorder::default()));
-    let sent = Arc::new(AtomicU64::new(0));
+    let recorders = Arc::new(Recorders::default());
     let started = Instant::now();
-    let deadline = started + duration;
-
-    // The dispatcher ticks at the rate and hands indices to the workers through a bounded
+    let deadline = started + settings.duration;
+    // The dispatcher ticks at the rate and hands indices to the clients through a bounded
     // channel: a steady open-loop load while the system keeps up.
     let (tx, rx) = async_channel::bounded::<usize>(bench.concurrency);
-    let dispatcher = tokio::spawn({
-        let sent = Arc::clone(&sent);
-        async move {
-            let mut tick =
-                tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_s.max(1))));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            while Instant::now() < deadline {
-                tick.tick().await;
-                let i = sent.fetch_add(1, Ordering::Relaxed) as usize;
-                if tx.send(i).await.is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    let mut workers = tokio::task::JoinSet::new();
+    let dispatcher = tokio::spawn(dispatch(settings.rate_per_s, deadline, tx));
+    let mut clients = tokio::task::JoinSet::new();
     for _ in 0..bench.concurrency {
-        let (bench, items, attempts) = (Arc::clone(bench), Arc::clone(items), Arc::clone(attempts));
-        let (rx, window, overall, path) = (
+        clients.spawn(client(
+            Arc::clone(bench),
+            path,
+            Arc::clone(items),
+            Arc::clone(attempts),
             rx.clone(),
-            Arc::clone(&window),
-            Arc::clone(&overall),
-            path.to_string(),
-        );
-        workers.spawn(async move {
-            while let Ok(i) = rx.recv().await {
-                let attempt = &attempts[i % attempts.len()];
-                // A fresh user name each round, so later rounds are new buyers, not repeats.
-                let user = format!("{}-r{}", attempt.user, i / attempts.len());
-                let began = Instant::now();
-                let outcome = send(&bench, &path, items[attempt.item], &user).await;
-                let latency = began.elapsed();
-                window.lock().expect("window").record(&outcome, latency);
-                overall.lock().expect("overall").record(&outcome, latency);
-            }
-        });
+            Arc::clone(&recorders),
+        ));
     }
+    let samples = sample_windows(path, started, deadline, settings.sample_every, &recorders).await;
+    dispatcher.await?;
+    while let Some(client) = clients.join_next().await {
+        client?;
+    }
+    let overall = std::mem::take(&mut *recorders.overall.lock().expect("overall"));
+    Ok((overall, samples))
+}
 
+/// Hands out attempt numbers `rate_per_s` times a second until `deadline`.
+async fn dispatch(rate_per_s: u32, deadline: Instant, tx: async_channel::Sender<usize>) {
+    let mut tick =
+        tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate_per_s.max(1))));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sent = 0;
+    while Instant::now() < deadline {
+        tick.tick().await;
+        if tx.send(sent).await.is_err() {
+            break;
+        }
+        sent += 1;
+    }
+}
+
+/// One simulated client: sends each attempt number it is handed, until the dispatcher stops.
+async fn client(
+    bench: Arc<Bench>,
+    path: BenchPath,
+    items: Arc<Vec<i64>>,
+    attempts: Arc<Vec<Attempt>>,
+    rx: async_channel::Receiver<usize>,
+    recorders: Arc<Recorders>,
+) {
+    while let Ok(i) = rx.recv().await {
+        let attempt = &attempts[i % attempts.len()];
+        // A fresh user name each round, so later rounds are new buyers, not repeats.
+        let user = format!("{}-r{}", attempt.user, i / attempts.len());
+        let began = Instant::now();
+        let answer = send(&bench, path, items[attempt.item], &user).await;
+        let latency = began.elapsed();
+        recorders
+            .window
+            .lock()
+            .expect("window")
+            .record(answer, latency);
+        recorders
+            .overall
+            .lock()
+            .expect("overall")
+            .record(answer, latency);
+    }
+}
+
+/// Every `sample_every` until `deadline`: takes the window's recorder and prints its sample.
+async fn sample_windows(
+    path: BenchPath,
+    started: Instant,
+    deadline: Instant,
+    sample_every: Duration,
+    recorders: &Recorders,
+) -> Vec<SoakSample> {
     let mut samples = Vec::new();
     let mut window_started = Instant::now();
     while Instant::now() < deadline {
         tokio::time::sleep(sample_every.min(deadline.saturating_duration_since(Instant::now())))
             .await;
-        let done = std::mem::take(&mut *window.lock().expect("window"));
+        let done = std::mem::take(&mut *recorders.window.lock().expect("window"));
         let latency = done.latency();
         let sample = SoakSample {
             t_s: started.elapsed().as_secs_f64(),
@@ -97,7 +142,7 @@ pub(super) async fn run(
             answered_per_s: done.total() as f64 / window_started.elapsed().as_secs_f64(),
             p50_ms: latency.p50_ms,
             p99_ms: latency.p99_ms,
-            errors: done.count("error"),
+            errors: done.count(Answer::Error),
         };
         eprintln!(
             "{path:>12} soak t={:>5.0}s rss={:>6.1} MiB {:>7.0}/s p50 {:>6.1} ms p99 {:>7.1} ms errors {}",
@@ -111,12 +156,7 @@ pub(super) async fn run(
         samples.push(sample);
         window_started = Instant::now();
     }
-    dispatcher.await?;
-    while let Some(worker) = workers.join_next().await {
-        worker?;
-    }
-    let overall = std::mem::take(&mut *overall.lock().expect("overall"));
-    Ok((overall, samples))
+    samples
 }
 
 /// Resident set size of this process, from /proc (0 where /proc is not there).

@@ -1,40 +1,42 @@
-//! What one path's run measured: latencies in an HDR histogram, outcome counts, throughput.
+//! What one path's run measured: latencies in an HDR histogram, answers counted, throughput.
 //! Aggregation is separate from measurement so it can be tested without a run.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::answer::Answer;
+
 /// Latency recorder; values in microseconds, 3 significant digits, up to 10 minutes.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     histogram: Histogram<u64>,
-    counts: BTreeMap<String, u64>,
+    counts: HashMap<Answer, u64>,
 }
 
 impl Default for Recorder {
     fn default() -> Self {
         Self {
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
-            counts: BTreeMap::new(),
+            counts: HashMap::new(),
         }
     }
 }
 
 impl Recorder {
-    /// Records one answered request: its outcome (`purchased`, `error`, ...) and latency.
-    pub fn record(&mut self, outcome: &str, latency: Duration) {
+    /// Records one request: what its client was told, and how long it waited.
+    pub fn record(&mut self, answer: Answer, latency: Duration) {
         let micros = (latency.as_micros() as u64).clamp(1, 600_000_000);
         self.histogram.record(micros).expect("clamped into bounds");
-        *self.counts.entry(outcome.to_string()).or_default() += 1;
+        *self.counts.entry(answer).or_default() += 1;
     }
 
     pub fn merge(&mut self, other: &Recorder) {
         self.histogram.add(&other.histogram).expect("same bounds");
-        for (k, v) in &other.counts {
-            *self.counts.entry(k.clone()).or_default() += v;
+        for (answer, n) in &other.counts {
+            *self.counts.entry(*answer).or_default() += n;
         }
     }
 
@@ -42,12 +44,8 @@ impl Recorder {
         self.histogram.len()
     }
 
-    pub fn count(&self, outcome: &str) -> u64 {
-        self.counts.get(outcome).copied().unwrap_or(0)
-    }
-
-    pub fn counts(&self) -> &BTreeMap<String, u64> {
-        &self.counts
+    pub fn count(&self, answer: Answer) -> u64 {
+        self.counts.get(&answer).copied().unwrap_or(0)
     }
 
     /// Percentile summary in milliseconds.
@@ -97,13 +95,17 @@ pub fn rate(count: u64, elapsed: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Status;
+
+    const PURCHASED: Answer = Answer::Decided(Status::Purchased);
+    const SOLD_OUT: Answer = Answer::Decided(Status::SoldOut);
 
     #[test]
     fn percentiles_and_counts() {
         let mut r = Recorder::default();
         for ms in 1..=100 {
             r.record(
-                if ms <= 10 { "purchased" } else { "sold_out" },
+                if ms <= 10 { PURCHASED } else { SOLD_OUT },
                 Duration::from_millis(ms),
             );
         }
@@ -113,7 +115,11 @@ mod tests {
         assert!((l.max_ms - 100.0).abs() < 0.1, "{l:?}");
         assert_eq!(r.total(), 100);
         assert_eq!(
-            (r.count("purchased"), r.count("sold_out"), r.count("error")),
+            (
+                r.count(PURCHASED),
+                r.count(SOLD_OUT),
+                r.count(Answer::Error)
+            ),
             (10, 90, 0)
         );
     }
@@ -122,12 +128,12 @@ mod tests {
     fn merge_adds_up() {
         let mut a = Recorder::default();
         let mut b = Recorder::default();
-        a.record("purchased", Duration::from_millis(1));
-        b.record("purchased", Duration::from_millis(3));
-        b.record("error", Duration::from_millis(1000));
+        a.record(PURCHASED, Duration::from_millis(1));
+        b.record(PURCHASED, Duration::from_millis(3));
+        b.record(Answer::Error, Duration::from_millis(1000));
         a.merge(&b);
         assert_eq!(a.total(), 3);
-        assert_eq!(a.count("purchased"), 2);
+        assert_eq!(a.count(PURCHASED), 2);
         assert!((a.latency().max_ms - 1000.0).abs() < 1.0);
         let cdf = a.cdf(4);
         assert_eq!(cdf.len(), 5);

@@ -1,0 +1,156 @@
+//! The load driver: sends a path's attempts, `concurrency` at a time, over HTTP or in-process,
+//! and records what each client was told and how long it waited.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use uuid::Uuid;
+
+use super::answer::Answer;
+use super::args::{BenchArgs, Via};
+use super::report;
+use super::row::BenchPath;
+use super::scenario::Attempt;
+use super::stack::Stack;
+use super::stats::Recorder;
+use crate::domain::OrderRequest;
+
+/// How long a queue-path client waits for its decision before it counts as `pending`.
+const DECISION_WAIT: Duration = Duration::from_secs(30);
+
+/// What the drivers share during a run.
+pub(super) struct Bench {
+    /// What requests go to, and the database they end up in.
+    pub stack: Stack,
+    pub http: reqwest::Client,
+    pub via: Via,
+    /// Simulated clients, each with one request in flight.
+    pub concurrency: usize,
+}
+
+impl Bench {
+    pub fn new(stack: Stack, args: &BenchArgs) -> anyhow::Result<Bench> {
+        Ok(Bench {
+            stack,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(args.concurrency)
+                .build()?,
+            via: args.via,
+            concurrency: args.concurrency.max(1),
+        })
+    }
+}
+
+/// Sends every attempt once, `bench.concurrency` at a time; returns what the clients saw.
+pub(super) async fn drive(
+    bench: &Arc<Bench>,
+    path: BenchPath,
+    items: &Arc<Vec<i64>>,
+    attempts: &Arc<Vec<Attempt>>,
+) -> anyhow::Result<Recorder> {
+    let progress = report::progress_bar(path, attempts.len() as u64);
+    let next = Arc::new(AtomicUsize::new(0));
+    // One task per simulated client, so the load spreads over the runtime's worker threads.
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..bench.concurrency {
+        let (bench, attempts, items) = (Arc::clone(bench), Arc::clone(attempts), Arc::clone(items));
+        let (next, progress) = (Arc::clone(&next), progress.clone());
+        workers.spawn(async move {
+            let mut recorder = Recorder::default();
+            while let Some(attempt) = attempts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let sent = Instant::now();
+                let answer = send(&bench, path, items[attempt.item], &attempt.user).await;
+                recorder.record(answer, sent.elapsed());
+                progress.inc(1);
+            }
+            recorder
+        });
+    }
+    let mut recorder = Recorder::default();
+    while let Some(worker) = workers.join_next().await {
+        recorder.merge(&worker?);
+    }
+    progress.finish_and_clear();
+    Ok(recorder)
+}
+
+/// Sends one attempt through `path`; returns what its client was told.
+pub(super) async fn send(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+    match bench.via {
+        Via::Http => send_http(bench, path, item_id, user).await,
+        Via::Direct => send_direct(bench, path, item_id, user).await,
+    }
+}
+
+async fn send_http(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+    let stack = &bench.stack;
+    let wait_ms = DECISION_WAIT.as_millis();
+    let url = match path {
+        BenchPath::QUEUE => format!("{}/orders?wait={wait_ms}", stack.base_url),
+        BenchPath::QueueNoShed => {
+            let base = stack.no_shed_url.as_ref().expect("checked at start");
+            format!("{base}/orders?wait={wait_ms}")
+        }
+        BenchPath::Path(name) => format!("{}/orders?path={name}", stack.base_url),
+    };
+    let body = json!({ "item_id": item_id, "user_id": user });
+    let Ok(response) = bench.http.post(url).json(&body).send().await else {
+        return Answer::Error;
+    };
+    if !response.status().is_success() {
+        return Answer::Error;
+    }
+    match response.json::<serde_json::Value>().await {
+        Ok(v) => v["status"]
+            .as_str()
+            .map_or(Answer::Error, Answer::from_status),
+        Err(_) => Answer::Error,
+    }
+}
+
+async fn send_direct(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+    let stack = &bench.stack;
+    let request = OrderRequest {
+        request_id: Uuid::now_v7(),
+        item_id,
+        user_id: user.to_string(),
+        quantity: 1,
+    };
+    if path == BenchPath::QUEUE
+        && let Some(shedder) = &stack.shedder
+    {
+        match shedder.try_answer(&request).await {
+            Ok(Some(outcome)) => return Answer::Decided(outcome.status),
+            Ok(None) => {}
+            Err(_) => return Answer::Error,
+        }
+    }
+    if path.is_queue() {
+        let publisher = stack
+            .publisher
+            .as_ref()
+            .expect("direct mode has a publisher");
+        let waiter = publisher.wait_for(request.request_id);
+        if publisher.publish(&request, true).await.is_err() {
+            return Answer::Error;
+        }
+        return match waiter.recv(DECISION_WAIT).await {
+            Some(outcome) => Answer::Decided(outcome.status),
+            None => Answer::Pending,
+        };
+    }
+    let registry = stack.registry.as_ref().expect("direct mode has the paths");
+    let lock_path = match path {
+        BenchPath::Path(name) => registry.get(name),
+        BenchPath::QueueNoShed => None,
+    };
+    let Some(lock_path) = lock_path else {
+        return Answer::Error;
+    };
+    match registry.purchase(lock_path, &request).await {
+        Ok(outcome) => Answer::Decided(outcome.status),
+        Err(_) => Answer::Error,
+    }
+}

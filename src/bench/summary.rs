@@ -1,0 +1,212 @@
+//! What a run found, path by path: the decisions the database holds, the audit's verdict, the
+//! latency the clients saw. This is what `results.json` holds and the report shows.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use super::answer::Answer;
+use super::args::Via;
+use super::ceiling::Ceilings;
+use super::environment::Environment;
+use super::row::BenchPath;
+use super::scenario::ScenarioSpec;
+use super::soak::SoakSample;
+use super::stats::{self, Latency, Recorder};
+use crate::audit::{self, ItemAudit};
+use crate::domain::Status;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResults {
+    pub started_at: String,
+    pub scenario: ScenarioSpec,
+    pub via: Via,
+    pub concurrency: usize,
+    pub environment: Environment,
+    pub ceilings: Ceilings,
+    pub paths: Vec<PathResult>,
+}
+
+impl BenchResults {
+    /// Every path's audit is clean but the deliberately unsafe `naive`'s: a safe path failing
+    /// it is a bug worth a non-zero exit.
+    pub fn safe_paths_audit_clean(&self) -> bool {
+        self.paths
+            .iter()
+            .all(|r| r.audit.clean || r.path == BenchPath::NAIVE)
+    }
+}
+
+/// What one path did.
+#[derive(Debug, Clone, Serialize)]
+pub struct PathResult {
+    pub path: BenchPath,
+    pub requests: u64,
+    pub elapsed_s: f64,
+    /// Decisions stored per second, from the first request sent to the last decision stored.
+    pub decided_per_s: f64,
+    pub orders_per_s: f64,
+    /// Latency as the client saw it (to the decision; with `?wait` for the queue path).
+    pub latency: Latency,
+    pub outcomes: OutcomeCounts,
+    pub orders: i64,
+    pub stock_total: i64,
+    /// Requests answered `sold_out` at the door, without reaching the broker (queue path).
+    pub answered_at_door: u64,
+    pub audit: Verdict,
+    /// (ms, fraction) points of the latency CDF.
+    pub cdf: Vec<(f64, f64)>,
+    /// Soak mode only: one sample per window.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub soak: Vec<SoakSample>,
+}
+
+/// Outcomes by status as stored in the database, plus `error` for requests whose client got no
+/// answer. In JSON an object keyed by status (`purchased`, …, `error`), without zero counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct OutcomeCounts {
+    #[serde(skip_serializing_if = "is_zero")]
+    pub already_purchased: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub error: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub failed_retry: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub purchased: u64,
+    #[serde(skip_serializing_if = "is_zero")]
+    pub sold_out: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl OutcomeCounts {
+    fn of_status(&mut self, status: Status) -> &mut u64 {
+        match status {
+            Status::Purchased => &mut self.purchased,
+            Status::SoldOut => &mut self.sold_out,
+            Status::AlreadyPurchased => &mut self.already_purchased,
+            Status::FailedRetry => &mut self.failed_retry,
+        }
+    }
+
+    /// Requests some path decided (every count but `error`).
+    pub fn decided(&self) -> u64 {
+        self.purchased + self.sold_out + self.already_purchased + self.failed_retry
+    }
+}
+
+/// The audit's verdict over every item a path sold.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    pub clean: bool,
+    /// Some item sold more units than it had (the audit's `oversold`).
+    pub oversold: bool,
+    /// Each as `item N: ` and the audit's sentence.
+    pub violations: Vec<String>,
+}
+
+impl Verdict {
+    fn of(audits: &[ItemAudit]) -> Verdict {
+        let violations: Vec<String> = audits
+            .iter()
+            .flat_map(|a| {
+                a.violations
+                    .iter()
+                    .map(|v| format!("item {}: {v}", a.item_id))
+            })
+            .collect();
+        Verdict {
+            clean: violations.is_empty(),
+            oversold: audits.iter().any(ItemAudit::is_oversold),
+            violations,
+        }
+    }
+}
+
+/// What the database says a path did with `items`, plus what its clients saw.
+pub(super) async fn summarize(
+    pool: &PgPool,
+    path: BenchPath,
+    spec: &ScenarioSpec,
+    items: &[i64],
+    recorder: &Recorder,
+    elapsed: Duration,
+) -> anyhow::Result<PathResult> {
+    let mut outcomes = outcome_counts(pool, items).await?;
+    outcomes.error = recorder.count(Answer::Error);
+    let audits = audit::audit_items(pool, items, true).await?;
+    let audited: HashSet<i64> = audits.iter().map(|a| a.item_id).collect();
+    if let Some(item) = items.iter().find(|i| !audited.contains(i)) {
+        anyhow::bail!("item {item} vanished");
+    }
+    let orders = audits.iter().map(|a| a.orders).sum();
+    Ok(PathResult {
+        path,
+        requests: recorder.total(),
+        elapsed_s: elapsed.as_secs_f64(),
+        decided_per_s: stats::rate(outcomes.decided(), elapsed),
+        orders_per_s: stats::rate(orders as u64, elapsed),
+        latency: recorder.latency(),
+        outcomes,
+        orders,
+        stock_total: spec.stock_total(),
+        answered_at_door: 0,
+        audit: Verdict::of(&audits),
+        cdf: recorder.cdf(100),
+        soak: Vec::new(),
+    })
+}
+
+/// Counts outcomes by status for a set of items (what the database says was decided).
+async fn outcome_counts(pool: &PgPool, items: &[i64]) -> anyhow::Result<OutcomeCounts> {
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT status, count(*) FROM outcomes WHERE item_id = ANY($1::bigint[]) GROUP BY status",
+    )
+    .bind(items)
+    .fetch_all(pool)
+    .await?;
+    let mut counts = OutcomeCounts::default();
+    for (status, n) in rows {
+        let status = Status::parse(&status)
+            .ok_or_else(|| anyhow::anyhow!("unknown status {status:?} in outcomes"))?;
+        *counts.of_status(status) += n as u64;
+    }
+    Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcome_counts_read_in_json_as_a_map_of_statuses_without_zeros() {
+        let mut counts = OutcomeCounts {
+            error: 2,
+            ..OutcomeCounts::default()
+        };
+        for (status, n) in [(Status::Purchased, 3), (Status::SoldOut, 5)] {
+            *counts.of_status(status) += n;
+        }
+        assert_eq!(counts.decided(), 8);
+        assert_eq!(
+            serde_json::to_string(&counts).unwrap(),
+            r#"{"error":2,"purchased":3,"sold_out":5}"#
+        );
+        // Each field is named as the status it counts.
+        for status in [
+            Status::Purchased,
+            Status::SoldOut,
+            Status::AlreadyPurchased,
+            Status::FailedRetry,
+        ] {
+            let mut one = OutcomeCounts::default();
+            *one.of_status(status) = 1;
+            let json = serde_json::to_value(one).unwrap();
+            assert_eq!(json[status.as_str()], 1, "{status:?}");
+        }
+    }
+}
