@@ -447,6 +447,8 @@ pub async fn commit_batch(
         .bind(path.as_str())
         .bind(&fence.queue)
         .bind(fence.epoch)
+        .bind(&columns.stocks_seen)
+        .bind(&columns.held_seen)
         .execute(pool)
         .await?;
     if written.rows_affected() == 0 {
@@ -459,7 +461,8 @@ pub async fn commit_batch(
 }
 
 /// The statement of [`commit_batch`]: `$1`–`$18` are [`BatchColumns`], `$19` the path, `$20` and
-/// `$21` the fence. Data-modifying CTEs run as one statement; the foreign keys are checked at its
+/// `$21` the fence, `$22`–`$23` what the decider saw (also [`BatchColumns`]). The outcomes are
+/// inserted in the order decided, so their `seq` (a column default) follows the decisions. Data-modifying CTEs run as one statement; the foreign keys are checked at its
 /// end, when the new orders exist. An order grown here was committed by an earlier batch (one
 /// created in this batch is inserted with all its units), so the two never touch the same row.
 const GROUP_COMMIT: &str = "WITH fence AS (
@@ -479,10 +482,11 @@ const GROUP_COMMIT: &str = "WITH fence AS (
          FROM UNNEST($10::bigint[], $11::bigint[], $12::bigint[]) AS d(id, sold, spent)
          WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)
      )
-     INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
-     SELECT r, i, u, s, o, $19, q
+     INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity,
+                           stock_seen, held_seen)
+     SELECT r, i, u, s, o, $19, q, ss, hs
      FROM UNNEST($13::uuid[], $14::bigint[], $15::text[], $16::text[], $17::uuid[],
-                 $18::bigint[]) AS t(r, i, u, s, o, q)
+                 $18::bigint[], $22::bigint[], $23::bigint[]) AS t(r, i, u, s, o, q, ss, hs)
      WHERE EXISTS (SELECT 1 FROM fence)";
 
 /// A batch's writes as one array per column, the form `UNNEST` takes them in: any batch size is
@@ -506,6 +510,8 @@ struct BatchColumns<'a> {
     statuses: Vec<&'static str>,
     outcome_orders: Vec<Option<Uuid>>,
     quantities: Vec<i64>,
+    stocks_seen: Vec<i64>,
+    held_seen: Vec<i64>,
 }
 
 impl<'a> BatchColumns<'a> {
@@ -538,6 +544,8 @@ impl<'a> BatchColumns<'a> {
             statuses: outs.iter().map(|o| o.outcome.status.as_str()).collect(),
             outcome_orders: outs.iter().map(|o| o.outcome.order_id).collect(),
             quantities: outs.iter().map(|o| o.quantity).collect(),
+            stocks_seen: outs.iter().map(|o| o.seen.stock).collect(),
+            held_seen: outs.iter().map(|o| o.seen.held).collect(),
         }
     }
 

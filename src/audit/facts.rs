@@ -56,6 +56,12 @@ pub(super) struct OutcomeFacts {
     pub false_over_limit: i64,
     /// `sold_out` outcomes although enough units were left at the end.
     pub false_sold_out: i64,
+    /// Verdicts against the stock or holding their decider recorded (`stock_seen`, `held_seen`).
+    pub against_seen: i64,
+    /// `already_purchased` outcomes with no purchase of that user stored before them.
+    pub refused_before_purchase: i64,
+    /// `purchased` outcomes whose order belongs to another user or item.
+    pub purchases_of_another_order: i64,
 }
 
 /// Everything the checks of one item need.
@@ -114,17 +120,47 @@ const OUTCOMES: &str = "
                  AND o.quantity + c.quantity <= i.per_user_limit))
                FILTER (WHERE c.status = 'already_purchased'), 0)::bigint AS false_over_limit,
            -- Told `sold_out` though even at the end enough units were left for it (stock only
-           -- falls, but for a restock: a `sold_out` given before one, or while the news of it
-           -- was on its way to the decider, was right then and is not judged by the final state).
-           count(*) FILTER (WHERE c.status = 'sold_out'
+           -- falls, but for a restock). Only where the decider did not record what it saw (an
+           -- answer at the door, a path deciding elsewhere): one given before a restock, or while
+           -- the news of it was on its way, was right then, and the final state cannot show it.
+           count(*) FILTER (WHERE c.status = 'sold_out' AND c.stock_seen IS NULL
                AND (i.restocked_at IS NULL OR c.decided_at > i.restocked_at + interval '1 minute')
-               AND c.quantity <= i.stock_initial - coalesce(s.units_sold, 0)) AS false_sold_out
+               AND c.quantity <= i.stock_initial - coalesce(s.units_sold, 0)) AS false_sold_out,
+           -- Each verdict against the state its decider saw, whenever it was decided.
+           count(*) FILTER (WHERE
+                  (c.status = 'sold_out' AND c.stock_seen >= c.quantity)
+               OR (c.status = 'purchased' AND c.stock_seen < c.quantity)
+               OR (c.status = 'already_purchased'
+                   AND (c.held_seen = 0 OR c.held_seen + c.quantity <= i.per_user_limit))
+               OR (c.status = 'purchased' AND c.held_seen + c.quantity > i.per_user_limit))
+               AS against_seen,
+           count(*) FILTER (WHERE c.status = 'already_purchased' AND NOT EXISTS (
+               SELECT 1 FROM outcomes p
+               WHERE p.item_id = c.item_id AND p.user_id = c.user_id
+                 AND p.status = 'purchased' AND p.seq < c.seq)) AS refused_before_purchase,
+           count(*) FILTER (WHERE c.status = 'purchased' AND EXISTS (
+               SELECT 1 FROM orders o WHERE o.id = c.order_id
+                 AND (o.user_id <> c.user_id OR o.item_id <> c.item_id)))
+               AS purchases_of_another_order
     FROM outcomes c
     JOIN items i ON i.id = c.item_id
     LEFT JOIN (SELECT item_id, sum(quantity) AS units_sold FROM orders
                WHERE item_id = ANY($1::bigint[]) GROUP BY item_id) s ON s.item_id = c.item_id
     WHERE c.item_id = ANY($1::bigint[])
     GROUP BY c.item_id";
+
+/// Items that outcomes or accepted requests name but that do not exist (no foreign key stops
+/// an outcome's item from going: migration 0003 dropped it for the group commit's sake).
+const MISSING_ITEMS: &str = "
+    SELECT item_id, sum(outcomes)::bigint AS outcomes, sum(requests)::bigint AS requests FROM (
+        SELECT item_id, count(*) AS outcomes, 0 AS requests FROM outcomes
+        WHERE ($1::bigint[] IS NULL OR item_id = ANY($1)) GROUP BY item_id
+        UNION ALL
+        SELECT item_id, 0, count(*) FROM requests
+        WHERE ($1::bigint[] IS NULL OR item_id = ANY($1)) GROUP BY item_id
+    ) named
+    WHERE NOT EXISTS (SELECT 1 FROM items i WHERE i.id = named.item_id)
+    GROUP BY item_id ORDER BY item_id";
 
 const UNDECIDED: &str = "
     SELECT r.item_id, count(*) FROM requests r
@@ -159,6 +195,18 @@ pub(super) async fn read(
             item,
         })
         .collect())
+}
+
+/// Items named by outcomes or requests that do not exist, with how many of each name them:
+/// among `ids`, or anywhere (`None`). Run inside the same snapshot.
+pub(super) async fn missing_items(
+    snapshot: &mut PgConnection,
+    ids: Option<&[ItemId]>,
+) -> sqlx::Result<Vec<(ItemId, i64, i64)>> {
+    sqlx::query_as(MISSING_ITEMS)
+        .bind(ids)
+        .fetch_all(snapshot)
+        .await
 }
 
 /// Runs a statement whose rows are `item_id` and the columns of `T`, keyed by item.

@@ -80,8 +80,9 @@ pub async fn audit_items(
 ) -> sqlx::Result<Vec<ItemAudit>> {
     let mut snapshot = begin_snapshot(pool).await?;
     let facts = facts::read(&mut snapshot, ids).await?;
+    let missing = facts::missing_items(&mut snapshot, Some(ids)).await?;
     snapshot.commit().await?;
-    Ok(audits(&facts, expect_settled))
+    Ok(with_missing(audits(&facts, expect_settled), missing))
 }
 
 /// Audits every item, in id order, in one snapshot.
@@ -91,8 +92,31 @@ pub async fn audit_all(pool: &PgPool, expect_settled: bool) -> sqlx::Result<Vec<
         .fetch_all(&mut *snapshot)
         .await?;
     let facts = facts::read(&mut snapshot, &ids).await?;
+    let missing = facts::missing_items(&mut snapshot, None).await?;
     snapshot.commit().await?;
-    Ok(audits(&facts, expect_settled))
+    Ok(with_missing(audits(&facts, expect_settled), missing))
+}
+
+/// Adds an audit for each item that decisions or requests name but that does not exist, and
+/// keeps the list in id order.
+fn with_missing(mut audits: Vec<ItemAudit>, missing: Vec<(ItemId, i64, i64)>) -> Vec<ItemAudit> {
+    audits.extend(
+        missing
+            .into_iter()
+            .map(|(item_id, outcomes, requests)| ItemAudit {
+                item_id,
+                stock_initial: 0,
+                stock_remaining: 0,
+                orders: 0,
+                units_sold: 0,
+                undecided: 0,
+                outcomes,
+                failed_retry: 0,
+                violations: vec![Violation::ItemMissing { outcomes, requests }],
+            }),
+    );
+    audits.sort_by_key(|a| a.item_id);
+    audits
 }
 
 /// One transaction that sees the database as of its first statement, and writes nothing.
@@ -146,6 +170,15 @@ fn violations(facts: &ItemFacts, expect_settled: bool) -> Vec<Violation> {
         }),
         (outcomes.false_already_purchased > 0).then_some(Violation::FalseAlreadyPurchased {
             outcomes: outcomes.false_already_purchased,
+        }),
+        (outcomes.against_seen > 0).then_some(Violation::AgainstWhatWasSeen {
+            outcomes: outcomes.against_seen,
+        }),
+        (outcomes.refused_before_purchase > 0).then_some(Violation::RefusedBeforeAnyPurchase {
+            outcomes: outcomes.refused_before_purchase,
+        }),
+        (outcomes.purchases_of_another_order > 0).then_some(Violation::PurchasesOfAnotherOrder {
+            outcomes: outcomes.purchases_of_another_order,
         }),
         (outcomes.false_sold_out > 0).then_some(Violation::FalseSoldOut {
             told: outcomes.false_sold_out,

@@ -44,8 +44,18 @@ pub enum Violation {
         units_sold: i64,
         stock_initial: i64,
     },
+    /// Verdicts that contradict what their decider recorded it saw: `sold_out` with enough
+    /// units left, `purchased` without them, `already_purchased` with room under the limit, or
+    /// `purchased` past it.
+    AgainstWhatWasSeen { outcomes: i64 },
+    /// `already_purchased` stored before any purchase of that user (in the order of decisions).
+    RefusedBeforeAnyPurchase { outcomes: i64 },
+    /// `purchased` outcomes naming an order of another user or item.
+    PurchasesOfAnotherOrder { outcomes: i64 },
     /// Accepted requests without an outcome, once everything should have drained.
     NeverDecided { requests: i64 },
+    /// Outcomes or accepted requests of an item that does not exist (items are never deleted).
+    ItemMissing { outcomes: i64, requests: i64 },
     /// An invariant of the item's kind broken (a red packet's amounts, or goods with one).
     Kind(KindViolation),
 }
@@ -68,6 +78,31 @@ pub enum KindViolation {
     PacketUnderpaid { paid: i64, total: i64 },
     /// Orders of goods (not a red packet) carrying an amount.
     GoodsWithAmount { orders: i64 },
+}
+
+impl Violation {
+    /// The sentences of the checks that judge a decision against the state it was made in.
+    fn fmt_decision_context(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Self::AgainstWhatWasSeen { outcomes } => write!(
+                f,
+                "{outcomes} outcomes contradict the stock or holding their decider saw"
+            ),
+            Self::RefusedBeforeAnyPurchase { outcomes } => write!(
+                f,
+                "{outcomes} 'already_purchased' outcomes were decided before the user's first purchase"
+            ),
+            Self::PurchasesOfAnotherOrder { outcomes } => write!(
+                f,
+                "{outcomes} 'purchased' outcomes name an order of another user or item"
+            ),
+            Self::ItemMissing { outcomes, requests } => write!(
+                f,
+                "the item does not exist, yet {outcomes} outcomes and {requests} accepted requests name it"
+            ),
+            _ => unreachable!("not a decision-context violation"),
+        }
+    }
 }
 
 impl fmt::Display for Violation {
@@ -115,6 +150,10 @@ impl fmt::Display for Violation {
                 f,
                 "{outcomes} 'already_purchased' outcomes for users the limit left room for"
             ),
+            Self::AgainstWhatWasSeen { .. }
+            | Self::RefusedBeforeAnyPurchase { .. }
+            | Self::PurchasesOfAnotherOrder { .. }
+            | Self::ItemMissing { .. } => self.fmt_decision_context(f),
             Self::OrdersWithoutOutcome { orders } => {
                 write!(f, "{orders} orders have no matching 'purchased' outcome")
             }

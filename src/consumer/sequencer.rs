@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, ItemState, NewOrder, NewOutcome, Sold};
+use crate::sale::{BatchDecision, ItemState, NewOrder, NewOutcome, Seen, Sold};
 
 /// Per-partition decider: the in-memory state of the items it has seen recently.
 #[derive(Debug)]
@@ -144,6 +144,7 @@ impl Sequencer {
                 .items
                 .get_mut(&request.item_id)
                 .expect("decide_batch: item state must be loaded before deciding");
+            let seen = state.seen_by(&request.user_id);
             let outcome = match state.decide(
                 &request.user_id,
                 request.quantity,
@@ -158,7 +159,7 @@ impl Sequencer {
                 },
                 Ok(sold) => batch.sell(request, sold, state.rules.per_user_limit),
             };
-            batch.record(request, outcome);
+            batch.record(request, outcome, seen);
         }
         batch.decision
     }
@@ -211,12 +212,13 @@ impl BatchBuilder {
     }
 
     /// Stores the request's new outcome and answers it.
-    fn record(&mut self, request: &OrderRequest, outcome: Outcome) {
+    fn record(&mut self, request: &OrderRequest, outcome: Outcome, seen: Seen) {
         self.decision.new_outcomes.push(NewOutcome {
             outcome,
             item_id: request.item_id,
             user_id: request.user_id.clone(),
             quantity: request.quantity,
+            seen,
         });
         self.decided_here.insert(request.request_id, outcome);
         self.decision.answers.push(outcome);

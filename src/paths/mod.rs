@@ -41,7 +41,7 @@ use uuid::Uuid;
 use crate::backoff;
 use crate::config::PathArgs;
 use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
-use crate::sale::{Holding, ItemRules, PathName};
+use crate::sale::{Holding, ItemRules, PathName, Seen};
 use crate::store;
 use redis_store::RedisStore;
 
@@ -210,8 +210,13 @@ pub async fn decide_locked(
     let judged = item
         .rules
         .judge(item.holding.as_ref(), request.quantity, item.stock);
+    // Read under the lock: exactly what this decision was made from.
+    let seen = Some(Seen {
+        stock: item.stock,
+        held: item.holding.map_or(0, |h| h.units),
+    });
     if let Err(refusal) = judged {
-        return record_outcome(&mut *tx, path, request, refusal.status(), None).await;
+        return record_outcome_seen(&mut *tx, path, request, refusal.status(), None, seen).await;
     }
     let order_id = match item.holding {
         Some(holding) => {
@@ -232,7 +237,15 @@ pub async fn decide_locked(
         .bind(request.quantity)
         .execute(&mut *tx)
         .await?;
-    record_outcome(&mut *tx, path, request, Status::Purchased, Some(order_id)).await
+    record_outcome_seen(
+        &mut *tx,
+        path,
+        request,
+        Status::Purchased,
+        Some(order_id),
+        seen,
+    )
+    .await
 }
 
 /// Inserts the order of a purchase in the caller's transaction. `None` when the user already
@@ -277,10 +290,24 @@ pub async fn record_outcome<'e>(
     status: Status,
     order_id: Option<Uuid>,
 ) -> Result<Outcome, PathError> {
+    record_outcome_seen(executor, path, request, status, order_id, None).await
+}
+
+/// [`record_outcome`] with what the decider saw when it decided (`None`: it cannot know, e.g.
+/// it decided elsewhere), for the audit.
+pub async fn record_outcome_seen<'e>(
+    executor: impl PgExecutor<'e>,
+    path: PathName,
+    request: &OrderRequest,
+    status: Status,
+    order_id: Option<Uuid>,
+    seen: Option<Seen>,
+) -> Result<Outcome, PathError> {
     debug_assert_eq!(status == Status::Purchased, order_id.is_some());
     let inserted = sqlx::query(
-        "INSERT INTO outcomes (request_id, item_id, user_id, status, order_id, path, quantity)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (request_id) DO NOTHING",
+        "INSERT INTO outcomes
+             (request_id, item_id, user_id, status, order_id, path, quantity, stock_seen, held_seen)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (request_id) DO NOTHING",
     )
     .bind(request.request_id)
     .bind(request.item_id)
@@ -289,6 +316,8 @@ pub async fn record_outcome<'e>(
     .bind(order_id)
     .bind(path.as_str())
     .bind(request.quantity)
+    .bind(seen.map(|s| s.stock))
+    .bind(seen.map(|s| s.held))
     .execute(executor)
     .await?;
     if inserted.rows_affected() == 0 {

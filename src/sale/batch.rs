@@ -30,6 +30,17 @@ pub struct NewOutcome {
     pub user_id: String,
     /// Units the request asked for.
     pub quantity: i64,
+    /// What the decider knew when it decided, stored for the audit.
+    pub seen: Seen,
+}
+
+/// What a decider knew of an item when it decided one request: the units left and the units
+/// this user held. Stored with the outcome, so the audit judges the verdict against the state
+/// it was decided in (`migrations/0010_decision_context.sql`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Seen {
+    pub stock: i64,
+    pub held: i64,
 }
 
 /// Everything one batch decided: what to write, and what to answer.

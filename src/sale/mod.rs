@@ -13,7 +13,7 @@ mod rules;
 mod share;
 mod state;
 
-pub use batch::{BatchDecision, NewOrder, NewOutcome};
+pub use batch::{BatchDecision, NewOrder, NewOutcome, Seen};
 pub use path_name::{PathName, UnknownPath};
 pub use rules::{ItemRules, Refusal};
 pub use share::draw_share;

@@ -47,6 +47,14 @@ impl Default for ItemState {
 }
 
 impl ItemState {
+    /// What a decider knows, before deciding, of this item for `user_id`.
+    pub fn seen_by(&self, user_id: &str) -> super::Seen {
+        super::Seen {
+            stock: self.stock_remaining,
+            held: self.buyers.get(user_id).map_or(0, |h| h.units),
+        }
+    }
+
     /// True when no request can be sold anything any more (until a restock).
     pub fn is_sold_out(&self) -> bool {
         self.stock_remaining == 0
