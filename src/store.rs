@@ -314,8 +314,11 @@ pub async fn record_sold_out_at_the_door(
 
 /// Adds `units` to an item's stock (initial and remaining), unless that would take it past
 /// [`crate::domain::STOCK_MAX`]. `Ok(None)`: no such item. Red packets cannot be restocked
-/// (their total is fixed). The queue consumer and the lock paths update stock relative to what
-/// is stored, so a restock racing a sale loses no unit.
+/// (their total is fixed). The queue consumer and most lock paths update stock relative to what
+/// is stored; `optimistic` and `redis-lock` write an absolute `read − 1` guarded by `version`,
+/// so the restock bumps `version` too: their write then matches no row and they read again. A
+/// restock racing a sale loses no unit on any path but `naive`. The `redis-*` paths sell from
+/// their own copy in Redis, which this does not reach (`seckill redis-load` reloads it).
 pub async fn restock(
     pool: &PgPool,
     item_id: ItemId,
@@ -324,7 +327,7 @@ pub async fn restock(
     let restocked = sqlx::query(
         "UPDATE items
          SET stock_initial = stock_initial + $2, stock_remaining = stock_remaining + $2,
-             restocked_at = now()
+             restocked_at = now(), version = version + 1
          WHERE id = $1 AND kind = 'goods' AND stock_initial + $2 <= $3",
     )
     .bind(item_id)

@@ -3,8 +3,9 @@
 //! Read the stock, its version and whether the user has an order; decide; then, in one
 //! transaction, insert the order and `UPDATE items SET stock_remaining = $read − 1, version =
 //! version + 1 WHERE id = $1 AND version = $read_version AND stock_remaining > 0`. No row matched:
-//! another sale landed since the read — roll back, wait a jittered, growing delay and start over,
-//! at most `retries_max` times; then the request is answered `failed_retry` (nothing sold).
+//! another sale, or a restock (which bumps `version` too), landed since the read — roll back,
+//! wait a jittered, growing delay and start over, at most `retries_max` times; then the request
+//! is answered `failed_retry` (nothing sold).
 //! Sold-out and repeat-buyer answers need no write and never retry. Under contention there is
 //! one winner per version and every other writer's work is wasted, so a hot item burns retries;
 //! with too few, buyers are turned away while stock remains (the complaint "only 147 of 1000

@@ -2,8 +2,8 @@
 //!
 //! Take the lock (`SET lock <owner> NX PX ttl`, and `INCR` the item's fencing counter in the same
 //! script); claim the item in the database with that token (`SET fence = $token WHERE fence <
-//! $token`, returning the stock); read the user's orders; decide; write `stock = read − 1` and
-//! the order only `WHERE fence = $token`; release the lock with a compare-and-delete script, so
+//! $token`, returning the stock and its version); read the user's orders; decide; write `stock =
+//! read − 1` and the order only `WHERE fence = $token AND version = $read_version`; release the lock with a compare-and-delete script, so
 //! a holder never frees a lock that has passed to another. Under contention waiters poll with
 //! jittered backoff (for at most `wait`) and every decision, sold out or not, takes its turn:
 //! the slowest path, each turn paying Redis round trips and two PostgreSQL commits.
@@ -13,6 +13,9 @@
 //! no row: it is refused, and retried under a fresh lock. No oversell, only wasted work — and,
 //! with a TTL far below the work's duration, requests overtaken again and again until they
 //! answer 503. Without the fence both holders would write `read − 1`: naive's lost update.
+//!
+//! A restock takes no lock: it adds units relative to what is stored and bumps `version`, so a
+//! holder that read before it writes nothing and takes another turn, reading the restocked stock.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -83,18 +86,19 @@ impl RedisLock {
         self.overtaken.load(Ordering::Relaxed)
     }
 
-    /// The work under the lock. `None`: a newer holder has claimed the item — our lock expired —
-    /// and nothing was written.
-    async fn turn(&self, request: &OrderRequest, token: i64) -> Result<Option<Outcome>, PathError> {
-        let claimed: Option<i64> = sqlx::query_scalar(
-            "UPDATE items SET fence = $2 WHERE id = $1 AND fence < $2 RETURNING stock_remaining",
+    /// The work under the lock. `Overtaken`: a newer holder has claimed the item — our lock
+    /// expired — and nothing was written.
+    async fn turn(&self, request: &OrderRequest, token: i64) -> Result<Turn, PathError> {
+        let claimed: Option<(i64, i64)> = sqlx::query_as(
+            "UPDATE items SET fence = $2 WHERE id = $1 AND fence < $2
+             RETURNING stock_remaining, version",
         )
         .bind(request.item_id)
         .bind(token)
         .fetch_optional(&self.pool)
         .await?;
-        let Some(stock) = claimed else {
-            return Ok(None);
+        let Some((stock, version)) = claimed else {
+            return Ok(Turn::Overtaken);
         };
         let is_buyer: bool = sqlx::query_scalar(
             "SELECT EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)",
@@ -110,21 +114,36 @@ impl RedisLock {
                 Status::SoldOut
             };
             let outcome = record_outcome(&self.pool, self.name(), request, status, None).await?;
-            return Ok(Some(outcome));
+            return Ok(Turn::Decided(outcome));
         }
 
         self.pause.wait().await;
         let mut tx = self.pool.begin().await?;
-        let written =
-            sqlx::query("UPDATE items SET stock_remaining = $3 WHERE id = $1 AND fence = $2")
+        // The lock keeps other buyers out but not a restock, which takes no lock: the version
+        // (bumped by every restock) tells that the stock read is still the stock stored.
+        let written = sqlx::query(
+            "UPDATE items SET stock_remaining = $4, version = version + 1
+             WHERE id = $1 AND fence = $2 AND version = $3
+             RETURNING true",
+        )
+        .bind(request.item_id)
+        .bind(token)
+        .bind(version)
+        .bind(stock - 1)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if written.is_none() {
+            // Dropping `tx` rolls back; which guard refused tells whether our lock is gone.
+            let still_ours: bool = sqlx::query_scalar("SELECT fence = $2 FROM items WHERE id = $1")
                 .bind(request.item_id)
                 .bind(token)
-                .bind(stock - 1)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        if written == 0 {
-            return Ok(None); // overtaken: dropping `tx` rolls back
+                .fetch_one(&self.pool)
+                .await?;
+            return Ok(if still_ours {
+                Turn::Restocked
+            } else {
+                Turn::Overtaken
+            });
         }
         let order_id = insert_order(&mut *tx, request)
             .await?
@@ -133,8 +152,17 @@ impl RedisLock {
         let outcome =
             record_outcome(&mut *tx, self.name(), request, purchased, Some(order_id)).await?;
         tx.commit().await?;
-        Ok(Some(outcome))
+        Ok(Turn::Decided(outcome))
     }
+}
+
+/// How one turn under the lock ended.
+enum Turn {
+    Decided(Outcome),
+    /// A newer holder claimed the item (our lock expired): nothing written, try again.
+    Overtaken,
+    /// A restock changed the stock after our read: nothing written, try again.
+    Restocked,
 }
 
 #[async_trait::async_trait]
@@ -181,9 +209,12 @@ impl PurchasePath for RedisLock {
                 tracing::warn!(error = %e, "redis-lock: release failed; the lock expires by its TTL");
             }
             match turn? {
-                Some(outcome) => return Ok(outcome),
-                None => self.overtaken.fetch_add(1, Ordering::Relaxed),
-            };
+                Turn::Decided(outcome) => return Ok(outcome),
+                Turn::Overtaken => {
+                    self.overtaken.fetch_add(1, Ordering::Relaxed);
+                }
+                Turn::Restocked => {}
+            }
         }
         Err(PathError::Unavailable(format!(
             "the lock of item {} stayed busy",
