@@ -3,7 +3,8 @@
 //! `<step>` — or, with `:stop`, freeze itself with SIGSTOP there (a paused process: it resumes
 //! where it was on SIGCONT, which is how the fencing test makes a zombie consumer).
 //! Steps on the consumer's path: `before_decide`, `before_commit`, `after_commit` (committed,
-//! not acked), `after_ack` (acked, no reply sent). Unset, a check costs one atomic load.
+//! not acked), `after_ack` (acked, no reply sent); on the API's: `after_publish_confirmed` (the
+//! broker holds the request, the client was not answered). Unset, a check costs one atomic load.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};

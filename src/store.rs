@@ -3,7 +3,7 @@
 //! Every statement is parameterised; batch writes pass one array per column through `UNNEST`
 //! so a batch of any size is one fixed statement.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -199,19 +199,36 @@ pub async fn request_state(pool: &PgPool, request_id: Uuid) -> sqlx::Result<Requ
     })
 }
 
-/// Records requests the API accepted. A request id seen before keeps its first row.
-pub async fn record_accepted(pool: &PgPool, requests: &[OrderRequest]) -> sqlx::Result<()> {
+/// Records requests the API is about to publish, and tells for each whether it is new (`true`)
+/// or its id was recorded before (a client's retry: the first row is kept).
+pub async fn record_accepted(pool: &PgPool, requests: &[OrderRequest]) -> sqlx::Result<Vec<bool>> {
     let ids: Vec<Uuid> = requests.iter().map(|r| r.request_id).collect();
     let items: Vec<ItemId> = requests.iter().map(|r| r.item_id).collect();
     let users: Vec<&str> = requests.iter().map(|r| r.user_id.as_str()).collect();
-    sqlx::query(
+    let inserted: Vec<Uuid> = sqlx::query_scalar(
         "INSERT INTO requests (request_id, item_id, user_id)
          SELECT * FROM UNNEST($1::uuid[], $2::bigint[], $3::text[])
-         ON CONFLICT (request_id) DO NOTHING",
+         ON CONFLICT (request_id) DO NOTHING
+         RETURNING request_id",
     )
     .bind(&ids)
     .bind(&items)
     .bind(&users)
+    .fetch_all(pool)
+    .await?;
+    // The same id twice in one insert is new only the first time.
+    let mut inserted: HashSet<Uuid> = inserted.into_iter().collect();
+    Ok(ids.iter().map(|id| inserted.remove(id)).collect())
+}
+
+/// Takes back a request recorded by [`record_accepted`] that the broker certainly does not hold
+/// (it refused it, or never got it), unless it was decided meanwhile.
+pub async fn withdraw_accepted(pool: &PgPool, request_id: Uuid) -> sqlx::Result<()> {
+    sqlx::query(
+        "DELETE FROM requests WHERE request_id = $1
+         AND NOT EXISTS (SELECT 1 FROM outcomes WHERE request_id = $1)",
+    )
+    .bind(request_id)
     .execute(pool)
     .await?;
     Ok(())

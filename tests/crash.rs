@@ -186,3 +186,46 @@ async fn wait_for_consumers(env: &TestEnv, n: u32) {
         }
     }
 }
+
+/// The API dies after the broker confirmed a request and before it answered the client: the
+/// client heard nothing (as with a lost confirm), yet the request is findable as `pending`, and
+/// once a consumer runs it is decided once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_killed_after_the_broker_confirmed_leaves_the_request_pending_then_decided() {
+    let env = TestEnv::new().await;
+    let item = env.create_item(1).await;
+    let mut dying = env
+        .spawn_serve(
+            "api-dies",
+            &[],
+            &[("SECKILL_FAILPOINT", "after_publish_confirmed")],
+        )
+        .await;
+    let request_id = uuid::Uuid::new_v4();
+    let body = serde_json::json!({"item_id": item, "user_id": "u", "request_id": request_id});
+    let answer = reqwest::Client::new()
+        .post(format!("{}/orders", dying.base))
+        .json(&body)
+        .send()
+        .await;
+    assert!(answer.is_err(), "the API aborted before answering");
+    dying.wait_exit(Duration::from_secs(10)).await;
+
+    let api = env.spawn_serve("api", &[], &[]).await;
+    let client = env.client_of(&api);
+    let (status, body) = client.get(&format!("/orders/{request_id}")).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("pending")),
+        "{body}"
+    );
+    let consumer = env.start_consumer().await;
+    env.wait_for_outcomes(item, 1, Duration::from_secs(60))
+        .await;
+    let (_, body) = client.get(&format!("/orders/{request_id}")).await;
+    assert_eq!(body["status"], "purchased", "{body}");
+    assert_settled(&env, item, 1, 1).await;
+    consumer.cancel();
+    drop(api);
+    env.cleanup().await;
+}

@@ -85,6 +85,11 @@ async fn a_full_partition_queue_refuses_new_requests_and_keeps_the_earliest() {
             "{message}"
         );
     }
+    // A refused request keeps nothing: it is unknown, not pending.
+    for (request_id, _, _) in refused {
+        let (status, body) = api.get(&format!("/orders/{request_id}")).await;
+        assert_eq!(status, 404, "{body}");
+    }
 
     let consumer = env.start_consumer().await;
     env.wait_for_outcomes(item, i64::from(QUEUE_LENGTH_MAX), Duration::from_secs(60))

@@ -5,7 +5,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{TestEnv, run_concurrently};
+use common::{PARTITIONS, TestEnv, run_concurrently};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -253,6 +253,38 @@ async fn quorum_partition_queues_sell_exactly_the_stock_across_a_consumer_crash(
         "{queue} should be a quorum queue:\n{listing}"
     );
     drop(clean);
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// Over HTTP, a retry of a decided id gets the stored answer even with no consumer running: it
+/// was not published (a published one would wait, then answer 202 `pending`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_answers_a_retried_decided_id_from_the_store_without_publishing() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let consumer = env.start_consumer().await;
+    let item = api.create_item(5).await;
+    let request_id = Uuid::new_v4();
+    let body = json!({"item_id": item, "user_id": "u", "request_id": request_id});
+    let (status, first) = api.post("/orders?wait=10000", body.clone()).await;
+    assert_eq!(
+        (status, first["status"].as_str()),
+        (200, Some("purchased")),
+        "{first}"
+    );
+    consumer.cancel();
+
+    for _ in 0..20 {
+        let (status, again) = api.post("/orders?wait=2000", body.clone()).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again, first, "the same answer");
+    }
+    for partition in 0..PARTITIONS {
+        assert_eq!(env.queue_depth(partition).await, 0, "nothing was published");
+    }
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!((report.outcomes, report.orders), (1, 1));
     api.shutdown.cancel();
     env.cleanup().await;
 }

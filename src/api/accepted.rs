@@ -1,7 +1,8 @@
 //! The accepted-request log, written in batches. Every `POST /orders` on the queue path records
-//! its request id so that `GET /orders/{id}` can say "pending" and the audit can find a request
-//! that was accepted but never decided. Concurrent requests share one `UNNEST` insert
-//! (see [`crate::batcher`]).
+//! its request id before publishing it, so that `GET /orders/{id}` can say "pending" for any
+//! request the broker may hold, even one whose confirm was lost, and the audit can find a
+//! request that was accepted but never decided. A request the broker certainly refused is taken
+//! back out. Concurrent requests share one `UNNEST` insert (see [`crate::batcher`]).
 
 use sqlx::PgPool;
 
@@ -16,7 +17,7 @@ const QUEUE_LEN_MAX: usize = 10_000;
 
 #[derive(Clone)]
 pub struct AcceptedLog {
-    writer: Batcher<OrderRequest, ()>,
+    writer: Batcher<OrderRequest, Recorded>,
 }
 
 impl AcceptedLog {
@@ -31,7 +32,11 @@ impl AcceptedLog {
                 async move {
                     store::record_accepted(&pool, &requests)
                         .await
-                        .map(|()| vec![(); requests.len()])
+                        .map(|new| {
+                            new.into_iter()
+                                .map(|new| if new { Recorded::New } else { Recorded::Before })
+                                .collect()
+                        })
                         .map_err(|e| format!("cannot record the request: {e}"))
                 }
             },
@@ -40,7 +45,15 @@ impl AcceptedLog {
     }
 
     /// Returns once the request is durably recorded.
-    pub async fn record(&self, request: OrderRequest) -> Result<(), String> {
+    pub async fn record(&self, request: OrderRequest) -> Result<Recorded, String> {
         self.writer.call(request).await
     }
+}
+
+/// Whether a request id entered the log with this call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    New,
+    /// Recorded by an earlier call: a client's retry.
+    Before,
 }

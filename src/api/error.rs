@@ -33,6 +33,12 @@ pub enum ApiError {
     /// 503: the broker did not take the request; retrying with the same request_id is safe.
     #[error("the request was not accepted: {0}; retry with the same request_id")]
     Unavailable(String),
+    /// 503: the broker may hold the request though it did not confirm it: it is `pending` and may
+    /// still be decided; retrying with the same request_id is safe.
+    #[error(
+        "the request may not have been accepted ({0}); it may still be decided: ask GET /orders/{{request_id}} or retry with the same request_id"
+    )]
+    MaybeDecided(String),
     /// 503 when the database is down, restarting, overloaded or timed out (see
     /// [`crate::store::is_transient`]): nothing was decided, retrying is safe. Else 500, detail
     /// logged only.
@@ -57,7 +63,7 @@ impl ApiError {
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::MaybeDecided(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_transient(e) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

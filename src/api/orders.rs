@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
+use super::accepted::Recorded;
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
-use crate::broker::publisher::Waiter;
+use crate::broker::publisher::{PublishError, Waiter};
 use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome, validate_user_id};
 use crate::paths::PurchasePath;
 use crate::sale::{ItemRules, PathName, UnknownPath};
@@ -75,7 +76,7 @@ impl From<Outcome> for OrderStatus {
 }
 
 /// `POST /orders[?wait=ms]`: checks the item, records and publishes the request (202 only once
-/// the broker confirmed it), and with `wait` answers 200 with the decision if it comes in time.
+/// the broker confirmed it; a retry of a decided request id gets its stored answer), and with `wait` answers 200 with the decision if it comes in time.
 /// An item announced sold out is answered 200 `sold_out` at once, without publishing.
 /// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200.
 ///
@@ -193,30 +194,39 @@ async fn shed_at_the_door(
     Ok(outcome)
 }
 
-/// Publishes the request and records it as accepted, then, for up to `wait`, waits for its
-/// decision: 200 with it if it comes in time, else 202 `pending`.
+/// Records the request as accepted, then publishes it, then, for up to `wait`, waits for its
+/// decision: 200 with it if it comes in time, else 202 `pending`. A retry of a request already
+/// decided is answered from the store, without publishing.
 async fn publish_and_wait(
     state: &AppState,
     request: OrderRequest,
     wait: Option<Duration>,
 ) -> Result<Response, ApiError> {
+    let request_id = request.request_id;
+    // Recorded before publishing, so any request the broker may hold is findable (`pending`),
+    // even when the broker's confirm is lost on the way back.
+    let recorded = state
+        .accepted
+        .record(request.clone())
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if recorded == Recorded::Before
+        && let Some(outcome) = store::stored_outcomes(&state.pool, &[request_id])
+            .await?
+            .remove(&request_id)
+    {
+        tracing::debug!(status = %outcome.status.as_str(), "a retry, answered from the store");
+        return Ok(decided(outcome));
+    }
+
     // Bounded: past `reply_waiters_max` waiting clients this one is answered 202 without waiting.
     // Registered before publishing, so even an instant reply finds its waiter.
     let waiter = wait
         .and_then(|_| state.reply_waiter_permit())
-        .map(|permit| (permit, state.publisher.wait_for(request.request_id)));
-
-    state.publisher.publish(&request, waiter.is_some()).await?;
-    // Recorded only once the broker confirmed it: a request answered 503 (not published) must
-    // not sit in the log as accepted-but-never-decided. If recording fails after the publish,
-    // the client gets 503 and the request may still be decided: retrying it with the same
-    // request_id is safe (the consumer answers a repeat from the store).
-    let request_id = request.request_id;
-    state
-        .accepted
-        .record(request)
-        .await
-        .map_err(ApiError::Unavailable)?;
+        .map(|permit| (permit, state.publisher.wait_for(request_id)));
+    if let Err(e) = state.publisher.publish(&request, waiter.is_some()).await {
+        return Err(not_published(state, request_id, recorded, e).await);
+    }
     tracing::debug!("request published");
 
     if let (Some((_permit, waiter)), Some(wait)) = (waiter, wait)
@@ -230,6 +240,30 @@ async fn publish_and_wait(
         axum::Json(OrderStatus::pending(request_id)),
     )
         .into_response())
+}
+
+/// The 503 for a request the broker did not confirm. One it certainly does not hold is taken back
+/// out of the log (unless an earlier try of the same id put it there): it writes nothing and will
+/// not be decided. One whose confirm was lost stays `pending`: it may still be decided, and the
+/// client is told so (a retry with the same request_id is answered once, whatever happened).
+async fn not_published(
+    state: &AppState,
+    request_id: Uuid,
+    recorded: Recorded,
+    error: PublishError,
+) -> ApiError {
+    if let PublishError::Unconfirmed(detail) = error {
+        tracing::warn!(%detail, "the broker did not confirm a request; it stays pending");
+        return ApiError::MaybeDecided(detail);
+    }
+    if recorded == Recorded::New
+        && let Err(e) = store::withdraw_accepted(&state.pool, request_id).await
+    {
+        // Left pending: a retry with the same id publishes it again and it is decided once.
+        tracing::warn!(error = %e, "cannot take back a request the broker refused; it stays pending");
+        return ApiError::MaybeDecided(error.to_string());
+    }
+    error.into()
 }
 
 /// The consumer's reply, if it comes within `wait` and before the server starts shutting down.

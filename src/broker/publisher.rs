@@ -28,9 +28,13 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
-    /// The broker could not be reached, or the channel broke before confirming.
+    /// The broker could not be reached: the message was not handed over.
     #[error("the broker is unavailable: {0}")]
     Unavailable(String),
+    /// The message was handed over but the channel broke before the broker confirmed it: the
+    /// broker may hold it (and the request may still be decided), or may not.
+    #[error("the broker did not confirm the request: {0}")]
+    Unconfirmed(String),
     /// The broker refused the message (nack): typically its partition queue is full.
     #[error("the broker refused the request (queue full or overloaded)")]
     Refused,
@@ -116,14 +120,17 @@ impl Publisher {
         let result = match confirm {
             Err(e) => Err(PublishError::Unavailable(e.to_string())),
             Ok(confirm) => match confirm.await {
-                Ok(Confirmation::Ack(None)) => Ok(()),
+                Ok(Confirmation::Ack(None)) => {
+                    crate::failpoint::hit("after_publish_confirmed");
+                    Ok(())
+                }
                 Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
                 Ok(Confirmation::Nack(_)) => {
                     self.renew_after_refusal(&channel).await;
                     Err(PublishError::Refused)
                 }
                 Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
-                Err(e) => Err(PublishError::Unavailable(e.to_string())),
+                Err(e) => Err(PublishError::Unconfirmed(e.to_string())),
             },
         };
         let label = match &result {
@@ -131,6 +138,7 @@ impl Publisher {
             Err(PublishError::Refused) => "refused",
             Err(PublishError::Unroutable) => "unroutable",
             Err(PublishError::Unavailable(_)) => "unavailable",
+            Err(PublishError::Unconfirmed(_)) => "unconfirmed",
         };
         crate::metrics::get()
             .publishes
@@ -149,7 +157,7 @@ impl Publisher {
         match confirm.await {
             Ok(Confirmation::Ack(_)) => Ok(()),
             Ok(_) => Err(PublishError::Refused),
-            Err(e) => Err(PublishError::Unavailable(e.to_string())),
+            Err(e) => Err(PublishError::Unconfirmed(e.to_string())),
         }
     }
 
