@@ -26,7 +26,7 @@ pub struct Metrics {
     /// HTTP requests refused with 503 because too many were in flight.
     pub http_shed: IntCounter,
     /// Publishes to the broker, by result: confirmed, refused (nack: queue full), unroutable,
-    /// unavailable (no connection, or it broke before the confirm).
+    /// unavailable (no connection: not handed over), unconfirmed (it broke before the confirm).
     pub publishes: IntCounterVec,
     /// Clients waiting (`?wait=`) for a decision now.
     pub reply_waiters: IntGauge,
@@ -57,6 +57,9 @@ pub struct ConsumerMetrics {
     /// Items whose state the consumer holds in memory (all partitions of this process).
     pub items_in_memory: IntGauge,
     pub items_evicted: IntCounter,
+    /// Item states loaded from the database: first use, after eviction, a restock, a failed
+    /// commit. A steady sale loads its item once.
+    pub items_loaded: IntCounter,
     /// Partitions this process's consumer is the active one on (it took the epoch and still
     /// holds the subscription). With several daemons, each should show about P/N.
     pub partitions_active: IntGauge,
@@ -225,6 +228,10 @@ impl ConsumerMetrics {
             items_evicted: r.counter(
                 "seckill_consumer_items_evicted_total",
                 "Item states dropped from memory after being idle",
+            )?,
+            items_loaded: r.counter(
+                "seckill_consumer_items_loaded_total",
+                "Item states (stock left, buyers) loaded from the database",
             )?,
             partitions_active: r.gauge(
                 "seckill_consumer_partitions_active",

@@ -72,6 +72,16 @@ pub struct BenchArgs {
     /// Seconds between two soak samples.
     #[arg(long, default_value_t = 10, requires = "duration")]
     pub sample_every: u64,
+    /// Clients that, during each path's run, re-send one request id already decided in a loop
+    /// (a client retrying an answered request): a retried id should cost about what a fresh
+    /// request costs. Their answers are not counted in the run's figures.
+    #[arg(
+        long,
+        value_name = "CLIENTS",
+        default_value_t = 0,
+        conflicts_with = "duration"
+    )]
+    pub retry_storm: usize,
 }
 
 impl BenchArgs {

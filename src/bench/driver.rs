@@ -28,6 +28,8 @@ pub(super) struct Bench {
     pub via: Via,
     /// Simulated clients, each with one request in flight.
     pub concurrency: usize,
+    /// Clients re-sending one decided request id while the run lasts (`--retry-storm`).
+    pub retry_storm: usize,
 }
 
 impl Bench {
@@ -39,6 +41,7 @@ impl Bench {
                 .build()?,
             via: args.via,
             concurrency: args.concurrency.max(1),
+            retry_storm: args.retry_storm,
         })
     }
 }
@@ -68,23 +71,89 @@ pub(super) async fn drive(
             recorder
         });
     }
+    let storm = retry_storm(bench, path, items, attempts, &next);
     let mut recorder = Recorder::default();
     while let Some(worker) = workers.join_next().await {
         recorder.merge(&worker?);
+    }
+    let resent = storm.await?;
+    if resent > 0 {
+        tracing::info!(%path, resent, "retry storm: one decided request id sent again and again");
     }
     progress.finish_and_clear();
     Ok(recorder)
 }
 
+/// `bench.retry_storm` clients sending the first attempt's user's request, always with the same
+/// id, until every attempt is taken: after the first, each is a retry of a decided request.
+/// Returns how many retries were sent.
+fn retry_storm(
+    bench: &Arc<Bench>,
+    path: BenchPath,
+    items: &Arc<Vec<i64>>,
+    attempts: &Arc<Vec<Attempt>>,
+    next: &Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<u64> {
+    let (bench, items, attempts, next) = (
+        Arc::clone(bench),
+        Arc::clone(items),
+        Arc::clone(attempts),
+        Arc::clone(next),
+    );
+    tokio::spawn(async move {
+        let Some(first) = attempts.first() else {
+            return 0;
+        };
+        let request_id = Uuid::now_v7();
+        let item_id = items[first.item];
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..bench.retry_storm {
+            let (bench, attempts, next) = (bench.clone(), attempts.clone(), next.clone());
+            let user = first.user.clone();
+            clients.spawn(async move {
+                let mut resent = 0;
+                while next.load(Ordering::Relaxed) < attempts.len() {
+                    send_as(&bench, path, request_id, item_id, &user).await;
+                    resent += 1;
+                }
+                resent
+            });
+        }
+        clients
+            .join_all()
+            .await
+            .into_iter()
+            .sum::<u64>()
+            .saturating_sub(1)
+    })
+}
+
 /// Sends one attempt through `path`; returns what its client was told.
 pub(super) async fn send(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+    send_as(bench, path, Uuid::now_v7(), item_id, user).await
+}
+
+/// Sends one attempt with this request id.
+async fn send_as(
+    bench: &Bench,
+    path: BenchPath,
+    request_id: Uuid,
+    item_id: i64,
+    user: &str,
+) -> Answer {
+    let request = OrderRequest {
+        request_id,
+        item_id,
+        user_id: user.to_string(),
+        quantity: 1,
+    };
     match bench.via {
-        Via::Http => send_http(bench, path, item_id, user).await,
-        Via::Direct => send_direct(bench, path, item_id, user).await,
+        Via::Http => send_http(bench, path, &request).await,
+        Via::Direct => send_direct(bench, path, request).await,
     }
 }
 
-async fn send_http(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+async fn send_http(bench: &Bench, path: BenchPath, request: &OrderRequest) -> Answer {
     let stack = &bench.stack;
     let wait_ms = DECISION_WAIT.as_millis();
     let url = match path {
@@ -95,7 +164,11 @@ async fn send_http(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> 
         }
         BenchPath::Path(name) => format!("{}/orders?path={name}", stack.base_url),
     };
-    let body = json!({ "item_id": item_id, "user_id": user });
+    let body = json!({
+        "item_id": request.item_id,
+        "user_id": request.user_id,
+        "request_id": request.request_id,
+    });
     let Ok(response) = bench.http.post(url).json(&body).send().await else {
         return Answer::Error;
     };
@@ -110,14 +183,8 @@ async fn send_http(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> 
     }
 }
 
-async fn send_direct(bench: &Bench, path: BenchPath, item_id: i64, user: &str) -> Answer {
+async fn send_direct(bench: &Bench, path: BenchPath, request: OrderRequest) -> Answer {
     let stack = &bench.stack;
-    let request = OrderRequest {
-        request_id: Uuid::now_v7(),
-        item_id,
-        user_id: user.to_string(),
-        quantity: 1,
-    };
     if path == BenchPath::QUEUE
         && let Some(shedder) = &stack.shedder
     {

@@ -15,7 +15,7 @@
 //! what makes it fast: one fsync for hundreds of decisions instead of one per request.
 //! `Subscription::process_batch` takes these steps in this order, one function each.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -214,16 +214,23 @@ impl Subscription {
     /// memory and redoes the whole batch from the database's state, until it commits or the
     /// subscription is stopped. Nothing is acked until this succeeds.
     async fn decide_and_commit(&mut self, batch: &Batch) -> anyhow::Result<Committed> {
-        // Stored outcomes are looked up first only for a batch with redeliveries. A fresh batch
-        // skips that round trip: a request id decided before (a client retry) makes the commit
-        // hit the unique key on `outcomes.request_id`, and the batch is redone with the lookup.
-        let mut look_up_stored = batch.redelivered() > 0;
+        // Stored outcomes are looked up first for every request of a batch with redeliveries,
+        // and for the ids this subscription found decided before (a client retrying). A fresh
+        // batch skips that round trip: a request id decided before makes the commit hit the
+        // unique key on `outcomes.request_id`; the batch is then taken back in memory (nothing
+        // is reloaded) and decided again with the lookup, and the id is remembered.
+        let every_id = || batch.requests.iter().map(|(_, r)| r.request_id).collect();
+        let mut look_up: Vec<Uuid> = if batch.redelivered() > 0 {
+            every_id()
+        } else {
+            self.decider.known_repeats(batch)
+        };
         let mut failed_attempts = 0;
         loop {
             let pool = &self.context.pool;
             let attempt = self
                 .decider
-                .decide_and_commit_once(pool, &self.queue, &batch.requests, look_up_stored)
+                .decide_and_commit_once(pool, &self.queue, &batch.requests, &look_up)
                 .await;
             let error = match attempt {
                 Ok((answers, undecidable)) => {
@@ -244,15 +251,16 @@ impl Subscription {
                 }
                 Err(CommitError::Database(e)) => e,
             };
-            self.decider.sequencer.forget(batch.item_ids());
-            if !look_up_stored && is_unique_violation(&error) {
-                look_up_stored = true;
+            if is_repeat(&error) && look_up.len() < batch.requests.len() {
+                self.decider.sequencer.undo_last_batch();
+                look_up = every_id();
                 tracing::debug!(
                     "a request of the batch was decided before; redoing it with a lookup"
                 );
                 continue;
             }
-            look_up_stored = true;
+            self.decider.sequencer.forget(batch.item_ids());
+            look_up = every_id();
             self.wait_before_redo(&error, failed_attempts).await?;
             failed_attempts += 1;
         }
@@ -434,7 +442,12 @@ struct Decider {
     reported_items: usize,
     /// Tells the daemon, once, that this subscription became the partition's active one.
     on_active: Option<super::OnActive>,
+    /// Request ids found decided before when they came again: looked up before deciding.
+    repeats: HashSet<Uuid>,
 }
+
+/// Most repeated request ids a subscription remembers.
+const REPEATS_REMEMBERED_MAX: usize = 10_000;
 
 impl Decider {
     /// After a batch: the first one took the epoch, so this subscription is the active one.
@@ -473,21 +486,21 @@ impl Decider {
 
     /// Loads what the sequencer needs, decides, and commits. Returns one answer per request it
     /// decided (in order) and, by delivery index, why it could not decide the others: their item
-    /// does not exist, or no request may ask their quantity of it.
+    /// does not exist, or no request may ask their quantity of it. The outcomes stored for the
+    /// ids of `look_up` are answered, not decided again.
     async fn decide_and_commit_once(
         &mut self,
         pool: &sqlx::PgPool,
         queue: &str,
         pending: &[(usize, OrderRequest)],
-        look_up_stored: bool,
+        look_up: &[Uuid],
     ) -> Result<(Vec<Outcome>, HashMap<usize, String>), CommitError> {
         self.take_epoch_once(pool, queue).await?;
         let fence = self.fence.as_ref().expect("taken above");
-        let stored: HashMap<Uuid, Outcome> = if look_up_stored {
-            let ids: Vec<Uuid> = pending.iter().map(|(_, r)| r.request_id).collect();
-            store::stored_outcomes(pool, &ids).await?
-        } else {
+        let stored: HashMap<Uuid, Outcome> = if look_up.is_empty() {
             HashMap::new()
+        } else {
+            store::stored_outcomes(pool, look_up).await?
         };
         load_items(pool, &mut self.sequencer, pending).await?;
         let (requests, undecidable) = sort_out_undecidable(&self.sequencer, pending);
@@ -498,6 +511,7 @@ impl Decider {
         crate::failpoint::hit("before_commit");
         store::commit_batch(pool, PATH, &decision, fence).await?;
         crate::failpoint::hit("after_commit");
+        self.remember_repeats(stored.into_keys());
         let decisions = &crate::metrics::get().consumer.decisions;
         for new in &decision.new_outcomes {
             decisions
@@ -505,6 +519,26 @@ impl Decider {
                 .inc();
         }
         Ok((decision.answers, undecidable))
+    }
+
+    /// The ids of the batch found decided before by an earlier batch: a client retrying them is
+    /// likely to send them again.
+    fn known_repeats(&self, batch: &Batch) -> Vec<Uuid> {
+        if self.repeats.is_empty() {
+            return Vec::new();
+        }
+        let ids = batch.requests.iter().map(|(_, r)| r.request_id);
+        ids.filter(|id| self.repeats.contains(id)).collect()
+    }
+
+    fn remember_repeats(&mut self, ids: impl Iterator<Item = Uuid>) {
+        for id in ids {
+            if self.repeats.len() >= REPEATS_REMEMBERED_MAX {
+                // Bounded memory; the next repeat of a forgotten id costs one redone batch.
+                self.repeats.clear();
+            }
+            self.repeats.insert(id);
+        }
     }
 
     /// The first call of a subscription takes the partition's epoch, before any item state is
@@ -535,7 +569,10 @@ async fn load_items(
             continue;
         }
         match store::load_item_state(pool, item_id).await? {
-            Some(state) => sequencer.insert(item_id, state),
+            Some(state) => {
+                crate::metrics::get().consumer.items_loaded.inc();
+                sequencer.insert(item_id, state);
+            }
             None => unknown.push(item_id),
         }
     }
@@ -631,6 +668,9 @@ pub(crate) fn holder_name() -> String {
     format!("{host}/{}", std::process::id())
 }
 
-fn is_unique_violation(e: &sqlx::Error) -> bool {
-    matches!(e, sqlx::Error::Database(db) if db.is_unique_violation())
+/// True when a commit was refused because one of its requests was decided before (the key of
+/// `outcomes`). Any other refusal means the state in memory may be wrong: it is reloaded.
+fn is_repeat(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.constraint() == Some("outcomes_pkey"))
 }

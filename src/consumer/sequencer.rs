@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, ItemState, NewOrder, NewOutcome, Seen, Sold};
+use crate::sale::{BatchDecision, Holding, ItemState, NewOrder, NewOutcome, Seen, Sold};
 
 /// Per-partition decider: the in-memory state of the items it has seen recently.
 #[derive(Debug)]
@@ -31,6 +31,18 @@ pub struct Sequencer {
     last_used: HashMap<ItemId, Instant>,
     /// Draws red packet shares. Seeded by the caller in tests, so a run can be replayed.
     rng: StdRng,
+    /// What the last batch changed, to take it back if its commit is refused.
+    last_batch: Vec<Change>,
+}
+
+/// One sale's change to an item's state: what it was before.
+#[derive(Debug)]
+struct Change {
+    item_id: ItemId,
+    user_id: String,
+    stock_remaining: i64,
+    packet_remaining: Option<i64>,
+    holding: Option<Holding>,
 }
 
 impl Default for Sequencer {
@@ -50,6 +62,7 @@ impl Sequencer {
             items: HashMap::new(),
             last_used: HashMap::new(),
             rng,
+            last_batch: Vec::new(),
         }
     }
 
@@ -116,6 +129,24 @@ impl Sequencer {
     pub fn forget_all(&mut self) {
         self.items.clear();
         self.last_used.clear();
+        self.last_batch.clear();
+    }
+
+    /// Takes back every change the last [`Sequencer::decide_batch`] made, leaving each item as
+    /// it was before: for a batch whose commit was refused whole (a request id decided before),
+    /// which is then decided again without reloading anything. Only right before another call.
+    pub fn undo_last_batch(&mut self) {
+        while let Some(change) = self.last_batch.pop() {
+            let Some(state) = self.items.get_mut(&change.item_id) else {
+                continue; // forgotten since: it is reloaded anyway
+            };
+            state.stock_remaining = change.stock_remaining;
+            state.packet_remaining = change.packet_remaining;
+            match change.holding {
+                Some(holding) => state.buyers.insert(change.user_id, holding),
+                None => state.buyers.remove(&change.user_id),
+            };
+        }
     }
 
     pub fn state(&self, item_id: ItemId) -> Option<&ItemState> {
@@ -132,6 +163,7 @@ impl Sequencer {
         mut new_order_id: impl FnMut() -> Uuid,
     ) -> BatchDecision {
         let mut batch = BatchBuilder::default();
+        self.last_batch.clear();
         for request in requests {
             if let Some(outcome) = stored
                 .get(&request.request_id)
@@ -145,6 +177,13 @@ impl Sequencer {
                 .get_mut(&request.item_id)
                 .expect("decide_batch: item state must be loaded before deciding");
             let seen = state.seen_by(&request.user_id);
+            let before = Change {
+                item_id: request.item_id,
+                user_id: request.user_id.clone(),
+                stock_remaining: state.stock_remaining,
+                packet_remaining: state.packet_remaining,
+                holding: state.buyers.get(&request.user_id).copied(),
+            };
             let outcome = match state.decide(
                 &request.user_id,
                 request.quantity,
@@ -157,7 +196,10 @@ impl Sequencer {
                     order_id: None,
                     amount: None,
                 },
-                Ok(sold) => batch.sell(request, sold, state.rules.per_user_limit),
+                Ok(sold) => {
+                    self.last_batch.push(before);
+                    batch.sell(request, sold, state.rules.per_user_limit)
+                }
             };
             batch.record(request, outcome, seen);
         }
@@ -269,6 +311,42 @@ mod tests {
         assert_eq!(d.new_outcomes.len(), 3);
         assert_eq!(d.sold[&1], 2);
         assert_eq!(s.state(1).unwrap().stock_remaining, 0);
+    }
+
+    #[test]
+    fn an_undone_batch_leaves_every_item_as_it_was() {
+        let mut s = seeded(3);
+        let mut goods = ItemState::goods(10, 5);
+        goods.buyers.insert(
+            "a".into(),
+            Holding {
+                order_id: Uuid::new_v4(),
+                units: 1,
+            },
+        );
+        s.insert(1, goods);
+        s.insert(2, ItemState::red_packet(1000, 3));
+        let first = vec![units(1, "b", 2), request(2, "b")];
+        s.decide_batch(&first, &HashMap::new(), Uuid::new_v4);
+        let before = (s.state(1).cloned(), s.state(2).cloned());
+
+        // More units for a holder, a new buyer twice, a grab, a refusal: then taken back.
+        let refused = vec![
+            units(1, "a", 3),
+            units(1, "c", 2),
+            units(1, "c", 2),
+            request(2, "c"),
+            request(2, "b"),
+        ];
+        let d = s.decide_batch(&refused, &HashMap::new(), Uuid::new_v4);
+        assert_eq!(d.sold[&1], 7);
+        s.undo_last_batch();
+        assert_eq!((s.state(1).cloned(), s.state(2).cloned()), before);
+
+        // Decided again, it sells the same units from the same state.
+        let again = s.decide_batch(&refused, &HashMap::new(), Uuid::new_v4);
+        assert_eq!(again.sold, d.sold);
+        assert_eq!(s.state(1).unwrap().stock_remaining, 1);
     }
 
     #[test]
