@@ -136,6 +136,7 @@ impl App {
             publisher,
             paths,
             admin_token: serve.admin_token.clone(),
+            producer_token: serve.producer_token.clone(),
             limits: serve.limits,
             shedder,
             shutdown: self.shutdown.clone(),
@@ -145,6 +146,7 @@ impl App {
             broker = %redact_url(&broker.amqp_url),
             partitions = broker.partitions,
             admin_token = serve.admin_token.is_some(),
+            producer_token = serve.producer_token.is_some(),
             shedding = serve.sold_out_ttl().is_some(),
             "API listening"
         );

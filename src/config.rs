@@ -181,7 +181,32 @@ pub fn redact_url(raw: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{ServeArgs, redact_url};
+
+    #[test]
+    fn a_public_bind_needs_both_tokens_or_an_explicit_yes() {
+        let public = |admin: Option<&str>, producer: Option<&str>, allow: bool| ServeArgs {
+            bind: "0.0.0.0:8080".parse().unwrap(),
+            admin_token: admin.map(str::to_owned),
+            producer_token: producer.map(str::to_owned),
+            allow_public_without_token: allow,
+            ..ServeArgs::loopback()
+        };
+        assert!(ServeArgs::loopback().check_exposure().is_ok());
+        let neither = public(None, None, false).check_exposure().unwrap_err();
+        let neither = neither.to_string();
+        assert!(
+            neither.contains("SECKILL_ADMIN_TOKEN") && neither.contains("SECKILL_PRODUCER_TOKEN")
+        );
+        let no_producer = public(Some("a"), None, false).check_exposure().unwrap_err();
+        assert!(
+            !no_producer.to_string().contains("SECKILL_ADMIN_TOKEN"),
+            "{no_producer}"
+        );
+        assert!(public(None, Some("p"), false).check_exposure().is_err());
+        assert!(public(Some("a"), Some("p"), false).check_exposure().is_ok());
+        assert!(public(None, None, true).check_exposure().is_ok());
+    }
 
     #[test]
     fn passwords_are_masked() {
@@ -208,12 +233,20 @@ pub struct ServeArgs {
     #[arg(long, env = "SECKILL_BIND", default_value = "127.0.0.1:8080")]
     pub bind: std::net::SocketAddr,
 
-    /// Bearer token required by admin endpoints (`POST /items`). Unset: no check, and the
-    /// server refuses to listen beyond loopback unless `--allow-public-without-token` is given.
+    /// Bearer token required by admin endpoints (`POST /items`, restocks). Unset: no check,
+    /// and the server refuses to listen beyond loopback unless `--allow-public-without-token`.
     #[arg(long, env = "SECKILL_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Listen on a non-loopback address even without an admin token.
+    /// Bearer token required by the order routes (`POST /orders`, `GET /orders/{id}`): only the
+    /// shop's backend, which authenticated the buyer it names in `user_id`, should hold it.
+    /// Unset: anyone who reaches the port may order as any user, and the server refuses to
+    /// listen beyond loopback unless `--allow-public-without-token`.
+    #[arg(long, env = "SECKILL_PRODUCER_TOKEN", hide_env_values = true)]
+    pub producer_token: Option<String>,
+
+    /// Listen on a non-loopback address even without the admin and producer tokens (behind a
+    /// gateway that does the checking).
     #[arg(long, env = "SECKILL_ALLOW_PUBLIC_WITHOUT_TOKEN")]
     pub allow_public_without_token: bool,
 
@@ -235,23 +268,38 @@ impl ServeArgs {
         Self {
             bind: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
             admin_token: None,
+            producer_token: None,
             allow_public_without_token: false,
             sold_out_ttl_ms: 5000,
             limits: ApiLimits::default(),
         }
     }
 
-    /// Refuses to listen beyond loopback without an admin token (anyone could create items),
-    /// unless the operator said so.
+    /// Refuses to listen beyond loopback without an admin token (anyone could create items) or
+    /// a producer token (anyone could order as any user), unless the operator said so.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
-        if !self.bind.ip().is_loopback()
-            && self.admin_token.is_none()
-            && !self.allow_public_without_token
-        {
+        if self.bind.ip().is_loopback() || self.allow_public_without_token {
+            return Ok(());
+        }
+        let missing: Vec<&str> = [
+            (
+                self.admin_token.is_none(),
+                "SECKILL_ADMIN_TOKEN (anyone could create items)",
+            ),
+            (
+                self.producer_token.is_none(),
+                "SECKILL_PRODUCER_TOKEN (anyone could order as any user)",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(missing, what)| missing.then_some(what))
+        .collect();
+        if !missing.is_empty() {
             anyhow::bail!(
-                "refusing to listen on {} without SECKILL_ADMIN_TOKEN (anyone could create items); \
-                 set a token or pass --allow-public-without-token",
-                self.bind
+                "refusing to listen on {} without {}; set the tokens or pass \
+                 --allow-public-without-token",
+                self.bind,
+                missing.join(" and ")
             );
         }
         Ok(())

@@ -222,3 +222,67 @@ async fn creating_items_needs_the_admin_token_when_one_is_set() {
     api.shutdown.cancel();
     env.cleanup().await;
 }
+
+/// With a producer token, only its holder may post orders or read their answers; anyone else is
+/// told 401, and nothing is recorded for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordering_needs_the_producer_token_when_one_is_set() {
+    let env = TestEnv::new().await;
+    let serve = seckill::config::ServeArgs {
+        producer_token: Some("shop-backend".into()),
+        ..seckill::config::ServeArgs::loopback()
+    };
+    let api = env.start_api_configured(serve, env.path_args()).await;
+    let item = api.create_item(3).await;
+    let request_id = uuid::Uuid::new_v4();
+    let body = json!({"item_id": item, "user_id": "alice", "request_id": request_id});
+    let orders = format!("{}/orders", api.base);
+    let answer = format!("{}/orders/{request_id}", api.base);
+
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("shop-backend"),
+        Some("Bearer admin"),
+    ] {
+        let mut post = api.http.post(&orders).json(&body);
+        let mut get = api.http.get(&answer);
+        if let Some(auth) = auth {
+            post = post.header("authorization", auth);
+            get = get.header("authorization", auth);
+        }
+        let response = post.send().await.unwrap();
+        assert_eq!(response.status(), 401, "POST with {auth:?}");
+        let error: serde_json::Value = response.json().await.unwrap();
+        assert!(
+            error["error"].as_str().unwrap().contains("producer"),
+            "{error}"
+        );
+        assert_eq!(get.send().await.unwrap().status(), 401, "GET with {auth:?}");
+    }
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM requests")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0, "a refused caller records nothing");
+
+    let response = api
+        .http
+        .post(&orders)
+        .header("authorization", "Bearer shop-backend")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let response = api
+        .http
+        .get(&answer)
+        .header("authorization", "Bearer shop-backend")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    api.shutdown.cancel();
+    env.cleanup().await;
+}

@@ -8,6 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::auth::Role;
 use crate::broker::publisher::PublishError;
 use crate::domain::InvalidInput;
 use crate::paths::PathError;
@@ -24,9 +25,9 @@ pub enum ApiError {
     /// 400: the input parsed but breaks a rule.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
-    /// 401: the admin token is missing or wrong.
-    #[error("a valid admin bearer token is required")]
-    Unauthorized,
+    /// 401: the role's token is missing or wrong.
+    #[error("a valid {} bearer token is required", .0.as_str())]
+    Unauthorized(Role),
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
@@ -61,7 +62,7 @@ impl ApiError {
         match self {
             ApiError::Client { status, .. } => *status,
             ApiError::Invalid(_) => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) | ApiError::MaybeDecided(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Database(e) if is_transient(e) => StatusCode::SERVICE_UNAVAILABLE,

@@ -1,11 +1,11 @@
 //! `POST /items` (admin), `GET /items/{id}` and `POST /items/{id}/restock` (admin).
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use serde::Deserialize;
-use subtle::ConstantTimeEq;
 
 use super::AppState;
+use super::auth::{Role, authorize};
 use super::error::ApiError;
 use super::extract::{Json, Path};
 use crate::broker::item_events::ItemEvent;
@@ -35,7 +35,7 @@ pub async fn create(
     headers: HeaderMap,
     Json(new): Json<NewItem>,
 ) -> Result<(StatusCode, axum::Json<Item>), ApiError> {
-    authorize(&state, &headers)?;
+    authorize(state.admin_token.as_deref(), Role::Admin, &headers)?;
     let spec = ItemSpec::new(
         new.kind.unwrap_or(ItemKind::Goods),
         new.stock,
@@ -83,7 +83,7 @@ pub async fn restock(
     Path(id): Path<ItemId>,
     Json(restock): Json<Restock>,
 ) -> Result<axum::Json<Item>, ApiError> {
-    authorize(&state, &headers)?;
+    authorize(state.admin_token.as_deref(), Role::Admin, &headers)?;
     if !(1..=STOCK_MAX).contains(&restock.units) {
         return Err(ApiError::client(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -133,21 +133,4 @@ pub async fn get(
         .await?
         .map(axum::Json)
         .ok_or(ApiError::NotFound("item"))
-}
-
-/// Checks `Authorization: Bearer <token>` in constant time, when a token is configured.
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.admin_token else {
-        return Ok(());
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
 }

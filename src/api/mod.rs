@@ -7,9 +7,9 @@
 //! | `POST /items` | create an item (admin token when configured) |
 //! | `GET /items/{id}` | stock initial / remaining / sold |
 //! | `POST /items/{id}/restock` | add units (admin token when configured); clears `sold_out` |
-//! | `POST /orders[?wait=ms]` | accept a purchase request (202), or its decision (200) |
+//! | `POST /orders[?wait=ms]` | accept a purchase request (202), or its decision (200) (producer token when configured) |
 //! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200): see [`crate::paths`] |
-//! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted |
+//! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted (producer token when configured) |
 //! | `GET /healthz` | 200 when database and broker are reachable, else 503 |
 //! | `GET /metrics` | the process's metrics, Prometheus text format (see [`crate::metrics`]) |
 //!
@@ -20,6 +20,7 @@
 //! at once); past `reply_waiters_max` waiting clients, `?wait=` answers 202 without waiting.
 
 pub mod accepted;
+pub mod auth;
 pub mod error;
 pub mod extract;
 pub mod items;
@@ -75,6 +76,8 @@ pub struct Shared {
     pub accepted: AcceptedLog,
     /// Constant-time-compared bearer token of admin endpoints, if any.
     pub admin_token: Option<String>,
+    /// Bearer token of the order routes, if any (see [`auth`]).
+    pub producer_token: Option<String>,
     /// The synchronous purchase paths (`POST /orders?path=NAME`).
     pub paths: Arc<Registry>,
     /// Answers `sold_out` at the door for items announced sold out; `None`: every request of
@@ -101,6 +104,7 @@ pub struct Parts {
     pub publisher: Arc<Publisher>,
     pub paths: Registry,
     pub admin_token: Option<String>,
+    pub producer_token: Option<String>,
     pub limits: ApiLimits,
     /// `None`: every request of the queue path goes to the decider.
     pub shedder: Option<Arc<Shedder>>,
@@ -118,6 +122,7 @@ impl AppState {
             publisher,
             paths,
             admin_token,
+            producer_token,
             limits,
             shedder,
             shutdown,
@@ -128,6 +133,7 @@ impl AppState {
             pool,
             publisher,
             admin_token,
+            producer_token,
             shedder,
             known_items: Arc::default(),
             in_flight: Arc::new(Semaphore::new(limits.http_in_flight_max as usize)),

@@ -4,13 +4,14 @@
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::AppState;
 use super::accepted::Recorded;
+use super::auth::{Role, authorize};
 use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use crate::broker::publisher::{PublishError, Waiter};
@@ -84,9 +85,11 @@ impl From<Outcome> for OrderStatus {
 #[tracing::instrument(name = "order", skip_all, fields(item_id = new.item_id, request_id, path))]
 pub async fn create(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Query(params): Query<OrderParams>,
     Json(new): Json<OrderBody>,
 ) -> Result<Response, ApiError> {
+    authorize(state.producer_token.as_deref(), Role::Producer, &headers)?;
     let lock_path = chosen_path(&state, params.path.as_deref())?;
     let request = checked_request(&state, new, lock_path).await?;
     tracing::Span::current().record("request_id", tracing::field::display(request.request_id));
@@ -287,8 +290,10 @@ fn decided(outcome: Outcome) -> Response {
 /// `GET /orders/{request_id}`: the decision, `pending`, or 404 for an id never accepted.
 pub async fn get(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Path(request_id): Path<Uuid>,
 ) -> Result<axum::Json<OrderStatus>, ApiError> {
+    authorize(state.producer_token.as_deref(), Role::Producer, &headers)?;
     match store::request_state(&state.pool, request_id).await? {
         RequestState::Decided(outcome) => Ok(axum::Json(outcome.into())),
         RequestState::Pending => Ok(axum::Json(OrderStatus::pending(request_id))),

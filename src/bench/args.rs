@@ -56,6 +56,10 @@ pub struct BenchArgs {
     /// Base URL of a running `seckill serve` to drive instead of an in-process one.
     #[arg(long)]
     pub url: Option<String>,
+    /// The producer token of the server `--url` names, if it requires one (unused without
+    /// `--url`: the bench's own server has none).
+    #[arg(long, env = "SECKILL_PRODUCER_TOKEN", hide_env_values = true)]
+    pub producer_token: Option<String>,
     /// Skip the broker-alone, database-alone and pre-filled-consumer ceilings.
     #[arg(long)]
     pub no_ceilings: bool,

@@ -34,10 +34,17 @@ pub(super) struct Bench {
 
 impl Bench {
     pub fn new(stack: Stack, args: &BenchArgs) -> anyhow::Result<Bench> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &args.producer_token {
+            let mut bearer = reqwest::header::HeaderValue::try_from(format!("Bearer {token}"))?;
+            bearer.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, bearer);
+        }
         Ok(Bench {
             stack,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(args.concurrency)
+                .default_headers(headers)
                 .build()?,
             via: args.via,
             concurrency: args.concurrency.max(1),
