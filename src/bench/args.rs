@@ -85,7 +85,7 @@ pub struct BenchArgs {
         default_value_t = 0,
         conflicts_with = "duration"
     )]
-    pub retry_storm: usize,
+    pub resend_decided: usize,
 }
 
 impl BenchArgs {

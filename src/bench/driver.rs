@@ -28,8 +28,8 @@ pub(super) struct Bench {
     pub via: Via,
     /// Simulated clients, each with one request in flight.
     pub concurrency: usize,
-    /// Clients re-sending one decided request id while the run lasts (`--retry-storm`).
-    pub retry_storm: usize,
+    /// Clients re-sending one decided request id while the run lasts (`--resend-decided`).
+    pub resend_decided: usize,
 }
 
 impl Bench {
@@ -48,7 +48,7 @@ impl Bench {
                 .build()?,
             via: args.via,
             concurrency: args.concurrency.max(1),
-            retry_storm: args.retry_storm,
+            resend_decided: args.resend_decided,
         })
     }
 }
@@ -78,23 +78,23 @@ pub(super) async fn drive(
             recorder
         });
     }
-    let storm = retry_storm(bench, path, items, attempts, &next);
+    let resender = resend_decided(bench, path, items, attempts, &next);
     let mut recorder = Recorder::default();
     while let Some(worker) = workers.join_next().await {
         recorder.merge(&worker?);
     }
-    let resent = storm.await?;
+    let resent = resender.await?;
     if resent > 0 {
-        tracing::info!(%path, resent, "retry storm: one decided request id sent again and again");
+        tracing::info!(%path, resent, "one decided request id sent again and again");
     }
     progress.finish_and_clear();
     Ok(recorder)
 }
 
-/// `bench.retry_storm` clients sending the first attempt's user's request, always with the same
+/// `bench.resend_decided` clients sending the first attempt's user's request, always with the same
 /// id, until every attempt is taken: after the first, each is a retry of a decided request.
 /// Returns how many retries were sent.
-fn retry_storm(
+fn resend_decided(
     bench: &Arc<Bench>,
     path: BenchPath,
     items: &Arc<Vec<i64>>,
@@ -114,7 +114,7 @@ fn retry_storm(
         let request_id = Uuid::now_v7();
         let item_id = items[first.item];
         let mut clients = tokio::task::JoinSet::new();
-        for _ in 0..bench.retry_storm {
+        for _ in 0..bench.resend_decided {
             let (bench, attempts, next) = (bench.clone(), attempts.clone(), next.clone());
             let user = first.user.clone();
             clients.spawn(async move {
