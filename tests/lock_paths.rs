@@ -534,3 +534,58 @@ async fn redis_load_rebuilds_redis_from_the_database() {
     api.shutdown.cancel();
     env.cleanup().await;
 }
+
+/// A buyer left in a `redis-*` path's buyer set with no order behind it (what a failed undo
+/// leaves) is dropped from it once the database shows no order, and the request is decided — not
+/// answered 503 forever. A buyer whose order exists is still told `already_purchased`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_left_in_redis_without_an_order_is_repaired_then_decided() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let client = redis::Client::open(env.path_args().redis.redis_url).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let prefix = &env.broker.queue_prefix;
+    for path in ["redis-lua", "redis-watch", "redis-list"] {
+        let item = api.create_item(5).await;
+        let url = format!("/orders?path={path}");
+        let (status, body) = api
+            .post(&url, json!({"item_id": item, "user_id": "bob"}))
+            .await;
+        assert_eq!(
+            (status, body["status"].as_str()),
+            (200, Some("purchased")),
+            "{path}"
+        );
+        let _: i64 = redis::cmd("SADD")
+            .arg(format!("{prefix}:item:{item}:buyers"))
+            .arg("stuck")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+
+        for _ in 0..2 {
+            let (status, body) = api
+                .post(&url, json!({"item_id": item, "user_id": "stuck"}))
+                .await;
+            assert_eq!(status, 200, "{path}: {body}");
+            assert_ne!(body["status"], "sold_out", "{path}: {body}");
+        }
+        let (_, body) = api
+            .post(&url, json!({"item_id": item, "user_id": "bob"}))
+            .await;
+        assert_eq!(body["status"], "already_purchased", "{path}");
+        let (_, buyers, _) = redis_state(&env, item).await;
+        assert_eq!(
+            buyers,
+            BTreeSet::from(["bob".into(), "stuck".into()]),
+            "{path}"
+        );
+        let report = env.assert_audit_clean(item).await;
+        assert_eq!(
+            report.orders, 2,
+            "{path}: stuck bought once, as the first answer said"
+        );
+    }
+    api.shutdown.cancel();
+    env.cleanup().await;
+}

@@ -78,6 +78,14 @@ pub trait PurchasePath: Send + Sync {
     fn sells_quantities(&self) -> bool {
         false
     }
+
+    /// Called when the request's user has been [`PathError::BuyerInFlight`] for a while: a path
+    /// whose gate lists buyers ahead of the database (the `redis-*` paths) drops the user from
+    /// it if the database holds no order of theirs, and returns true. Such an entry is what a
+    /// failed undo leaves behind; without the repair the user would wait on it forever.
+    async fn repair_buyer(&self, _request: &OrderRequest) -> Result<bool, PathError> {
+        Ok(false)
+    }
 }
 
 /// Why a path did not decide.
@@ -143,6 +151,9 @@ impl From<redis::RedisError> for PathError {
 /// Most tries [`decide`] makes: each is cut short only by a concurrent duplicate or a buyer whose
 /// order is in flight, and both settle within milliseconds.
 const DECIDE_TRIES_MAX: u32 = 8;
+/// After this many tries finding the buyer in flight (some 100 ms of waiting), [`decide`] asks
+/// the path to check its buyer list against the database ([`PurchasePath::repair_buyer`]).
+const BUYER_IN_FLIGHT_BEFORE_REPAIR: u32 = 4;
 
 /// Decides `request` through `path`, idempotently: a request id with a stored outcome gets that
 /// outcome, whichever path stored it, and never creates a second order.
@@ -151,6 +162,7 @@ pub async fn decide(
     path: &dyn PurchasePath,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
+    let mut in_flight = 0;
     for attempt in 0..DECIDE_TRIES_MAX {
         let mut stored = store::stored_outcomes(pool, &[request.request_id]).await?;
         if let Some(outcome) = stored.remove(&request.request_id) {
@@ -159,6 +171,10 @@ pub async fn decide(
         match path.purchase(request).await {
             Err(PathError::AlreadyDecided) => continue,
             Err(PathError::BuyerInFlight) => {
+                in_flight += 1;
+                if in_flight == BUYER_IN_FLIGHT_BEFORE_REPAIR && path.repair_buyer(request).await? {
+                    continue;
+                }
                 let base = Duration::from_millis(5);
                 tokio::time::sleep(backoff::delay(attempt, base, Duration::from_millis(200))).await;
             }

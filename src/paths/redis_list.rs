@@ -37,6 +37,12 @@ impl PurchasePath for RedisList {
         PathName::RedisList
     }
 
+    async fn repair_buyer(&self, request: &OrderRequest) -> Result<bool, PathError> {
+        self.redis
+            .repair_buyer(&self.pool, request.item_id, &request.user_id)
+            .await
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let (keys, user) = (self.redis.keys(request.item_id), &request.user_id);
         let mut con = self.redis.connection();

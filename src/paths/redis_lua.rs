@@ -58,6 +58,12 @@ impl PurchasePath for RedisLua {
         PathName::RedisLua
     }
 
+    async fn repair_buyer(&self, request: &OrderRequest) -> Result<bool, PathError> {
+        self.redis
+            .repair_buyer(&self.pool, request.item_id, &request.user_id)
+            .await
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let keys = self.redis.keys(request.item_id);
         let mut verdict = self.decide_in_redis(&keys, &request.user_id).await?;

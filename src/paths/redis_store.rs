@@ -161,6 +161,45 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Drops `user_id` from the item's buyer set if the database holds no order of theirs for
+    /// it; returns true if it was dropped. A buyer is added to the set before its order is
+    /// written, and taken out again if that write fails — unless that undo failed too, which
+    /// leaves a buyer without an order: every later request of theirs would wait on it.
+    /// Dropping an entry whose write is in fact still running (slower than the wait before a
+    /// repair) costs nothing worse than a refused write: PostgreSQL keeps one order per user.
+    /// The unit the failed undo did not give back stays missing until `seckill redis-load`.
+    pub async fn repair_buyer(
+        &self,
+        pool: &PgPool,
+        item_id: ItemId,
+        user_id: &str,
+    ) -> Result<bool, PathError> {
+        let ordered: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)",
+        )
+        .bind(item_id)
+        .bind(user_id)
+        .fetch_one(pool)
+        .await?;
+        if ordered {
+            return Ok(false);
+        }
+        let keys = self.keys(item_id);
+        let removed: i64 = redis::cmd("SREM")
+            .arg(&keys.buyers)
+            .arg(user_id)
+            .query_async(&mut self.connection())
+            .await?;
+        if removed > 0 {
+            tracing::warn!(
+                item_id,
+                user_id,
+                "dropped a Redis buyer entry with no order behind it (an undo had failed)"
+            );
+        }
+        Ok(removed > 0)
+    }
+
     /// [`RedisStore::load_item`] with `force` for every item; returns how many were loaded.
     pub async fn load_all(&self, pool: &PgPool) -> Result<usize, PathError> {
         let ids: Vec<ItemId> = sqlx::query_scalar("SELECT id FROM items ORDER BY id")

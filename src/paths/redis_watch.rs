@@ -100,6 +100,12 @@ impl PurchasePath for RedisWatch {
         PathName::RedisWatch
     }
 
+    async fn repair_buyer(&self, request: &OrderRequest) -> Result<bool, PathError> {
+        self.redis
+            .repair_buyer(&self.pool, request.item_id, &request.user_id)
+            .await
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut lent = self.redis.dedicated().await?;
         let mut decision = self.decide_in_redis(lent.con(), request).await;
