@@ -91,7 +91,7 @@ pub async fn restock(
         ));
     }
     let item = match store::restock(&state.pool, id, restock.units).await {
-        Ok(Some(item)) => item,
+        Ok(Some(restocked)) => restocked.item,
         Ok(None) => return Err(ApiError::NotFound("item")),
         Err(e @ (RestockError::TooMuch | RestockError::RedPacket)) => {
             return Err(ApiError::client(

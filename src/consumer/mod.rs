@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::item_events::{self, ItemEvent};
+use crate::broker::item_events::{self, Heard, ItemEvent};
 use crate::broker::{self, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs};
 use crate::domain::ItemId;
@@ -46,7 +46,9 @@ pub(crate) struct Context {
     pub args: ConsumerArgs,
     /// Confirm-mode channel for dead letters: a bad message is acked only once its copy is safe.
     pub dead_letters: lapin::Channel,
-    /// Items announced restocked: each partition drops their state before its next batch.
+    /// Items announced restocked: each partition drops their state before its next batch. A
+    /// fast path only: a batch that would answer `sold_out` also checks the stored generation
+    /// (`partition::forget_missed_restocks`), so a lost announcement costs no unit.
     pub restocked: broadcast::Sender<ItemId>,
 }
 
@@ -85,12 +87,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.check()?;
+    let topology = Topology::new(&broker_args);
+    let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
+    // For the daemon's whole life, across its broker connections: `listen` reconnects on its
+    // own, so the relay never ends while the daemon runs.
+    tokio::spawn(relay_restocks(
+        broker_args.amqp_url.clone(),
+        topology.clone(),
+        restocked.clone(),
+        shutdown.clone(),
+    ));
     let daemon = Daemon {
-        topology: Topology::new(&broker_args),
+        topology,
         member: lease::member_id(),
         pool,
         broker_args,
         args,
+        restocked,
         shutdown,
     };
     tracing::info!(member = %daemon.member, "consumer lease id");
@@ -105,6 +118,8 @@ struct Daemon {
     args: ConsumerArgs,
     /// This daemon's id in the lease table, kept across reconnections.
     member: String,
+    /// Items announced restocked, relayed by [`relay_restocks`] to every partition.
+    restocked: broadcast::Sender<ItemId>,
     shutdown: CancellationToken,
 }
 
@@ -225,16 +240,12 @@ impl Daemon {
         dead_letters
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
-        let announcements =
-            item_events::subscribe(&connection.create_channel().await?, &self.topology).await?;
-        tokio::spawn(relay_restocks(announcements, restocked.clone()));
         let context = Arc::new(Context {
             pool: self.pool.clone(),
             topology: self.topology.clone(),
             args: self.args.clone(),
             dead_letters,
-            restocked,
+            restocked: self.restocked.clone(),
         });
         Ok((connection, context))
     }
@@ -350,13 +361,25 @@ impl Connected {
     }
 }
 
-/// Hands each restock announcement to the partitions; ends with the connection (whose end also
-/// ends the partitions, which then rebuild every item from the database).
-async fn relay_restocks(mut announcements: lapin::Consumer, restocked: broadcast::Sender<ItemId>) {
-    while let Some(Ok(delivery)) = announcements.next().await {
-        if let Some(ItemEvent::Restocked { item_id }) = ItemEvent::decode(&delivery.data) {
+/// Hands each restock announcement to the partitions, until shutdown, on a connection of its own
+/// that [`item_events::listen`] re-opens whenever it is lost. Announcements missed meanwhile need
+/// no repair here: a partition about to answer `sold_out` for an item checks its stored
+/// generation and reloads it if a restock happened since (`partition::forget_missed_restocks`).
+async fn relay_restocks(
+    amqp_url: String,
+    topology: Topology,
+    restocked: broadcast::Sender<ItemId>,
+    shutdown: CancellationToken,
+) {
+    let name = format!(
+        "seckill-consumer-events {}",
+        topology.item_events_exchange()
+    );
+    let relay = move |heard| {
+        if let Heard::Event(ItemEvent::Restocked { item_id, .. }) = heard {
             tracing::info!(item_id, "item restocked; its state will be reloaded");
             let _ = restocked.send(item_id);
         }
-    }
+    };
+    item_events::listen(amqp_url, topology, name, relay, shutdown).await;
 }
