@@ -7,7 +7,16 @@
 //!
 //! Announcements are hints, never the truth: they are transient and may be lost (a listener
 //! that was disconnected misses them). The truth stays with the one decider per item and the
-//! database, and every hint ages out (see `SECKILL_SOLD_OUT_TTL_MS`).
+//! database, and every hint ages out (see `SECKILL_SOLD_OUT_TTL_MS`). A consumer needs no
+//! `restocked` to sell a restock: before it answers `sold_out` it checks the item's stored
+//! generation (see [`crate::store::restock`]).
+//!
+//! Each announcement carries the item's `generation`, its restock count: a `sold_out` the
+//! generation its decider's state was loaded at, a `restocked` the generation its restock gave
+//! the item. They arrive from several publishers in no guaranteed order, so a listener orders
+//! them by it: a `sold_out` decided before a restock (announced after its batch committed,
+//! possibly after the `restocked`) is of an older generation, and is ignored by a listener that
+//! heard of the restock.
 
 use std::time::Duration;
 
@@ -23,17 +32,35 @@ use tokio_util::sync::CancellationToken;
 use super::topology::Topology;
 use crate::domain::ItemId;
 
-/// The JSON body of an announcement: `{"event": "sold_out", "item_id": 7}`.
+/// The JSON body of an announcement: `{"event": "sold_out", "item_id": 7, "generation": 2}`
+/// or `{"event": "restocked", "item_id": 7, "generation": 3}`. Every field is required.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum ItemEvent {
-    /// Every unit is sold: requests for it can be answered `sold_out` without deciding.
-    SoldOut { item_id: ItemId },
-    /// Units were added: forget any `sold_out` mark and any in-memory stock of the item.
-    Restocked { item_id: ItemId },
+    /// Every unit is sold, as of the item's `generation` (its restock count) the decider's state
+    /// was loaded at: requests for it can be answered `sold_out` without deciding, unless a
+    /// later generation was heard of.
+    SoldOut { item_id: ItemId, generation: i64 },
+    /// Units were added by the restock that gave the item this `generation`: forget any
+    /// `sold_out` mark of an earlier generation, and any in-memory stock of the item.
+    Restocked { item_id: ItemId, generation: i64 },
 }
 
 impl ItemEvent {
+    pub fn item_id(&self) -> ItemId {
+        match *self {
+            Self::SoldOut { item_id, .. } | Self::Restocked { item_id, .. } => item_id,
+        }
+    }
+
+    /// The item's generation the announcement speaks of: announcements of one item are ordered
+    /// by it, whoever sent them and in whatever order they arrive.
+    pub fn generation(&self) -> i64 {
+        match *self {
+            Self::SoldOut { generation, .. } | Self::Restocked { generation, .. } => generation,
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("an item event always serializes")
     }
@@ -158,12 +185,34 @@ mod tests {
 
     #[test]
     fn announcements_round_trip_as_documented() {
-        let sold_out = ItemEvent::SoldOut { item_id: 7 };
-        assert_eq!(sold_out.encode(), br#"{"event":"sold_out","item_id":7}"#);
+        let sold_out = ItemEvent::SoldOut {
+            item_id: 7,
+            generation: 2,
+        };
+        assert_eq!(
+            sold_out.encode(),
+            br#"{"event":"sold_out","item_id":7,"generation":2}"#
+        );
         assert_eq!(ItemEvent::decode(&sold_out.encode()), Some(sold_out));
-        let restocked = ItemEvent::Restocked { item_id: -1 };
+        let restocked = ItemEvent::Restocked {
+            item_id: -1,
+            generation: 3,
+        };
+        assert_eq!(
+            restocked.encode(),
+            br#"{"event":"restocked","item_id":-1,"generation":3}"#
+        );
         assert_eq!(ItemEvent::decode(&restocked.encode()), Some(restocked));
-        assert_eq!(ItemEvent::decode(br#"{"event":"gone","item_id":7}"#), None);
+        assert_eq!((restocked.item_id(), restocked.generation()), (-1, 3));
+        assert_eq!(
+            ItemEvent::decode(br#"{"event":"gone","item_id":7,"generation":0}"#),
+            None
+        );
+        // Without its generation an announcement cannot be ordered: it is not one.
+        assert_eq!(
+            ItemEvent::decode(br#"{"event":"sold_out","item_id":7}"#),
+            None
+        );
         assert_eq!(ItemEvent::decode(b"\xff"), None);
     }
 }

@@ -34,7 +34,7 @@ use super::sequencer::Sequencer;
 use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
 use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome};
-use crate::sale::{ItemState, PathName};
+use crate::sale::PathName;
 use crate::store::{self, CommitError, Fence};
 
 /// Path name recorded with the outcomes this consumer decides.
@@ -620,19 +620,22 @@ fn sort_out_undecidable(
 /// at the door (see [`crate::shedding`]). Sent after every batch that saw such an item, so an
 /// API instance started later learns it too; a lost announcement only costs a shed request.
 async fn announce_sold_out(context: &Context, channel: &Channel, decider: &Decider, batch: &Batch) {
-    let mut items: Vec<ItemId> = batch
+    let mut items: Vec<(ItemId, i64)> = batch
         .item_ids()
-        .filter(|id| {
-            decider
-                .sequencer
-                .state(*id)
-                .is_some_and(ItemState::is_sold_out)
+        .filter_map(|id| {
+            let state = decider.sequencer.state(id)?;
+            state.is_sold_out().then_some((id, state.generation))
         })
         .collect();
     items.sort_unstable();
     items.dedup();
-    for item_id in items {
-        let event = ItemEvent::SoldOut { item_id };
+    for (item_id, generation) in items {
+        // The generation the state was loaded at: an API instance that heard of a later
+        // restock ignores this announcement.
+        let event = ItemEvent::SoldOut {
+            item_id,
+            generation,
+        };
         if let Err(e) = item_events::publish(channel, &context.topology, &event).await {
             tracing::debug!(item_id, error = %e, "could not announce an item sold out");
         }
