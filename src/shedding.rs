@@ -16,7 +16,9 @@
 //! stale `sold_out` arriving just after `restocked` would shed a restocked item for `ttl`, and
 //! store those `sold_out` answers for good. A `restocked` of an older generation than a
 //! `sold_out` heard is stale too (the `sold_out` was decided with that restock's units) and
-//! ignored.
+//! ignored. Only announcements a trusted announcer published are heard at all (their
+//! `user_id`, checked by the broker, see [`crate::broker::item_events`]): a client that may
+//! publish to the exchange cannot shed an item.
 //!
 //! What shedding gives up: a repeat buyer of a sold-out item hears `sold_out` rather than
 //! `already_purchased` (both mean "no new order").
@@ -29,7 +31,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::batcher::Batcher;
-use crate::broker::item_events::{self, Heard, ItemEvent};
+use crate::broker::item_events::{self, Announcers, Heard, ItemEvent};
 use crate::broker::topology::Topology;
 use crate::domain::{ItemId, OrderRequest, Outcome};
 use crate::store;
@@ -155,12 +157,13 @@ impl Shedder {
         })
     }
 
-    /// Listens to the item announcements until `shutdown`, reconnecting as needed: the task the
-    /// caller runs beside the API.
+    /// Listens to the item announcements of `announcers` until `shutdown`, reconnecting as
+    /// needed: the task the caller runs beside the API.
     pub fn listen(
         &self,
         amqp_url: &str,
         topology: Topology,
+        announcers: Announcers,
         shutdown: CancellationToken,
     ) -> impl Future<Output = ()> + Send + 'static {
         let board = Arc::clone(&self.board);
@@ -169,6 +172,7 @@ impl Shedder {
             amqp_url.to_owned(),
             topology,
             name,
+            announcers,
             move |heard| board.hear(heard, Instant::now()),
             shutdown,
         )

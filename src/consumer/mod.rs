@@ -46,6 +46,9 @@ pub(crate) struct Context {
     pub args: ConsumerArgs,
     /// Confirm-mode channel for dead letters: a bad message is acked only once its copy is safe.
     pub dead_letters: lapin::Channel,
+    /// The AMQP user of the connection: the `user_id` of the consumer's `sold_out`
+    /// announcements.
+    pub amqp_user: String,
     /// Items announced restocked: each partition drops their state before its next batch. A
     /// fast path only: a batch that would answer `sold_out` also checks the stored generation
     /// (`partition::forget_missed_restocks`), so a lost announcement costs no unit.
@@ -88,12 +91,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     args.check()?;
     let topology = Topology::new(&broker_args);
+    let announcers = item_events::Announcers::from_args(&broker_args)?;
+    let amqp_user = broker::amqp_user(&broker_args.amqp_url)?;
     let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
     // For the daemon's whole life, across its broker connections: `listen` reconnects on its
     // own, so the relay never ends while the daemon runs.
     tokio::spawn(relay_restocks(
         broker_args.amqp_url.clone(),
         topology.clone(),
+        announcers,
         restocked.clone(),
         shutdown.clone(),
     ));
@@ -104,6 +110,7 @@ pub async fn run(
         broker_args,
         args,
         restocked,
+        amqp_user,
         shutdown,
     };
     tracing::info!(member = %daemon.member, "consumer lease id");
@@ -120,6 +127,8 @@ struct Daemon {
     member: String,
     /// Items announced restocked, relayed by [`relay_restocks`] to every partition.
     restocked: broadcast::Sender<ItemId>,
+    /// The AMQP user of `broker_args`: the `user_id` of this daemon's announcements.
+    amqp_user: String,
     shutdown: CancellationToken,
 }
 
@@ -245,6 +254,7 @@ impl Daemon {
             topology: self.topology.clone(),
             args: self.args.clone(),
             dead_letters,
+            amqp_user: self.amqp_user.clone(),
             restocked: self.restocked.clone(),
         });
         Ok((connection, context))
@@ -368,6 +378,7 @@ impl Connected {
 async fn relay_restocks(
     amqp_url: String,
     topology: Topology,
+    announcers: item_events::Announcers,
     restocked: broadcast::Sender<ItemId>,
     shutdown: CancellationToken,
 ) {
@@ -381,5 +392,5 @@ async fn relay_restocks(
             let _ = restocked.send(item_id);
         }
     };
-    item_events::listen(amqp_url, topology, name, relay, shutdown).await;
+    item_events::listen(amqp_url, topology, name, announcers, relay, shutdown).await;
 }

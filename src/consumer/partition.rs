@@ -636,7 +636,9 @@ async fn announce_sold_out(context: &Context, channel: &Channel, decider: &Decid
             item_id,
             generation,
         };
-        if let Err(e) = item_events::publish(channel, &context.topology, &event).await {
+        let published =
+            item_events::publish(channel, &context.topology, &context.amqp_user, &event).await;
+        if let Err(e) = published {
             tracing::debug!(item_id, error = %e, "could not announce an item sold out");
         }
     }
