@@ -95,14 +95,15 @@ pub async fn run(
     let amqp_user = broker::amqp_user(&broker_args.amqp_url)?;
     let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
     // For the daemon's whole life, across its broker connections: `listen` reconnects on its
-    // own, so the relay never ends while the daemon runs.
-    tokio::spawn(relay_restocks(
+    // own, so the relay never ends while the daemon runs. Polled here rather than spawned, so
+    // it goes with the daemon's task however that ends.
+    let relay = relay_restocks(
         broker_args.amqp_url.clone(),
         topology.clone(),
         announcers,
         restocked.clone(),
         shutdown.clone(),
-    ));
+    );
     let daemon = Daemon {
         topology,
         member: lease::member_id(),
@@ -114,7 +115,14 @@ pub async fn run(
         shutdown,
     };
     tracing::info!(member = %daemon.member, "consumer lease id");
-    daemon.run().await
+    let run = daemon.run();
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => return result,
+        // Ends only once shutdown is asked: the daemon still finishes its batches.
+        () = relay => {}
+    }
+    run.await
 }
 
 /// What the daemon is, the same for every broker connection it makes.
