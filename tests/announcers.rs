@@ -1,6 +1,6 @@
 //! Item announcements are believed only from trusted announcers: anyone who may publish to
-//! `{prefix}.item-events` must not be able to shed an item. One test in this file, so the
-//! process-wide count of ignored announcements is this test's alone.
+//! `{prefix}.item-events` must not be able to shed an item. Only one test in this file runs a
+//! listener, so the process-wide count of ignored announcements is that test's alone.
 
 mod common;
 
@@ -109,5 +109,39 @@ async fn announcements_without_a_trusted_user_id_do_not_shed() {
     }
     trusting.shutdown.cancel();
     strict.shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// The premise of the check: the broker itself refuses a `user_id` that is not the publishing
+/// connection's user, so a listener may take `user_id` as the publisher's identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_broker_refuses_a_user_id_not_the_connections() {
+    let env = TestEnv::new().await;
+    let channel = env.channel().await;
+    channel
+        .confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let body = json!({ "event": "sold_out", "item_id": 1, "generation": 0 }).to_string();
+    let published = async {
+        channel
+            .basic_publish(
+                env.topology.item_events_exchange().into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                body.as_bytes(),
+                BasicProperties::default().with_user_id("seckill-consumer".into()),
+            )
+            .await?
+            .await
+    };
+    let outcome = tokio::time::timeout(Duration::from_secs(10), published)
+        .await
+        .expect("the broker answers");
+    assert!(
+        !matches!(outcome, Ok(lapin::Confirmation::Ack(_))),
+        "the broker accepted a forged user_id: {outcome:?}"
+    );
+    assert!(!channel.status().connected(), "the channel was not closed");
     env.cleanup().await;
 }
