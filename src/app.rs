@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::broker::item_events::Announcers;
 use crate::broker::{publisher::Publisher, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs, PathArgs, ServeArgs, redact_url};
 use crate::consumer;
@@ -118,9 +119,15 @@ impl App {
         let topology = Topology::new(broker);
         let paths = Registry::new(pool.clone(), path_args)?;
         let publisher = Arc::new(Publisher::connect(&broker.amqp_url, topology.clone()).await?);
+        let announcers = Announcers::from_args(broker)?;
         let shedder = serve.sold_out_ttl().map(|ttl| {
             let shedder = Shedder::new(pool.clone(), ttl);
-            let listening = shedder.listen(&broker.amqp_url, topology, self.shutdown.clone());
+            let listening = shedder.listen(
+                &broker.amqp_url,
+                topology,
+                announcers,
+                self.shutdown.clone(),
+            );
             self.tasks.spawn(async move {
                 listening.await;
                 ("sold-out listener", Ok(()))

@@ -66,6 +66,16 @@ pub struct BrokerArgs {
     /// message). Changing it on existing queues needs them deleted first (drain them).
     #[arg(long, env = "SECKILL_QUEUE_TYPE", value_enum, default_value_t = QueueType::Classic)]
     pub queue_type: QueueType,
+
+    /// RabbitMQ users whose item announcements (`sold_out`, `restocked` on
+    /// `{prefix}.item-events`) this process believes, separated by commas; any other
+    /// announcement is ignored. The broker refuses a message whose `user_id` is not its
+    /// connection's user, so `user_id` says who published. Unset: the user of `AMQP_URL` (its
+    /// first node), right when every seckill process connects as one user. With a user per role,
+    /// list the consumers' user (they announce `sold_out`) and the API's (it announces
+    /// `restocked`).
+    #[arg(long, env = "SECKILL_ANNOUNCER_USERS")]
+    pub announcer_users: Option<String>,
 }
 
 /// See [`BrokerArgs::queue_type`].

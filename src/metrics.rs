@@ -36,6 +36,9 @@ pub struct Metrics {
     pub orders_shed_sold_out: IntCounter,
     /// Broker connections re-established after a loss, by component (consumer, publisher).
     pub broker_reconnects: IntCounterVec,
+    /// Messages on the item-events exchange a listener ignored, by reason: `untrusted` (no
+    /// `user_id`, or not a trusted announcer's), `undecodable`.
+    pub item_announcements_ignored: IntCounterVec,
     /// What the queue consumer counts.
     pub consumer: ConsumerMetrics,
 }
@@ -173,6 +176,11 @@ impl Metrics {
                 "seckill_broker_reconnects_total",
                 "Broker connections re-established after a loss, by component",
                 &["component"],
+            )?,
+            item_announcements_ignored: r.counter_vec(
+                "seckill_item_announcements_ignored_total",
+                "Item announcements ignored by a listener, by reason (untrusted, undecodable)",
+                &["reason"],
             )?,
             consumer: ConsumerMetrics::new(&r)?,
             registry,

@@ -336,30 +336,58 @@ pub async fn record_sold_out_at_the_door(
 /// so the restock bumps `version` too: their write then matches no row and they read again. A
 /// restock racing a sale loses no unit on any path but `naive`. The `redis-*` paths sell from
 /// their own copy in Redis, which this does not reach (`seckill redis-load` reloads it).
+///
+/// The same statement bumps the item's `generation` (migration 0011) and returns it: the
+/// queue consumer compares it with the generation its in-memory state was loaded at before it
+/// answers `sold_out` (see [`item_generations`]), so it learns of every committed restock
+/// whether or not the announcement reaches it; and the `restocked` announcement carries it,
+/// so an API instance can tell a `sold_out` decided before this restock from one after it.
 pub async fn restock(
     pool: &PgPool,
     item_id: ItemId,
     units: i64,
-) -> Result<Option<Item>, RestockError> {
-    let restocked = sqlx::query(
+) -> Result<Option<Restocked>, RestockError> {
+    let generation: Option<i64> = sqlx::query_scalar(
         "UPDATE items
          SET stock_initial = stock_initial + $2, stock_remaining = stock_remaining + $2,
-             restocked_at = now(), version = version + 1
-         WHERE id = $1 AND kind = 'goods' AND stock_initial + $2 <= $3",
+             restocked_at = now(), version = version + 1, generation = generation + 1
+         WHERE id = $1 AND kind = 'goods' AND stock_initial + $2 <= $3
+         RETURNING generation",
     )
     .bind(item_id)
     .bind(units)
     .bind(crate::domain::STOCK_MAX)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1;
-    match get_item(pool, item_id).await? {
-        Some(item) if restocked => Ok(Some(item)),
-        Some(item) if item.kind == ItemKind::RedPacket => Err(RestockError::RedPacket),
-        Some(_) => Err(RestockError::TooMuch),
-        None => Ok(None),
+    .fetch_optional(pool)
+    .await?;
+    match (get_item(pool, item_id).await?, generation) {
+        (Some(item), Some(generation)) => Ok(Some(Restocked { item, generation })),
+        (Some(item), None) if item.kind == ItemKind::RedPacket => Err(RestockError::RedPacket),
+        (Some(_), None) => Err(RestockError::TooMuch),
+        (None, _) => Ok(None),
     }
+}
+
+/// What [`restock`] did.
+#[derive(Debug, Clone)]
+pub struct Restocked {
+    /// The item as it stands after the restock (a sale may already have taken some units).
+    pub item: Item,
+    /// The item's generation this restock gave it: how many restocks it has had.
+    pub generation: i64,
+}
+
+/// The stored generation of each of `item_ids` that exists (see [`restock`]): one indexed
+/// read, cheap enough for every batch that would answer `sold_out`.
+pub async fn item_generations(
+    pool: &PgPool,
+    item_ids: &[ItemId],
+) -> sqlx::Result<HashMap<ItemId, i64>> {
+    let rows: Vec<(ItemId, i64)> =
+        sqlx::query_as("SELECT id, generation FROM items WHERE id = ANY($1)")
+            .bind(item_ids)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().collect())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -373,11 +401,12 @@ pub enum RestockError {
 }
 
 /// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
-/// units, and a red packet's amount left. `None` when the item does not exist.
+/// units, a red packet's amount left, and the generation all this was read at (the stock and
+/// the generation come from one row, so they agree). `None` when the item does not exist.
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some((stock_remaining, kind, per_user_limit, packet_remaining)) =
-        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>)>(
-            "SELECT stock_remaining, kind, per_user_limit, packet_remaining
+    let Some((stock_remaining, kind, per_user_limit, packet_remaining, generation)) =
+        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>, i64)>(
+            "SELECT stock_remaining, kind, per_user_limit, packet_remaining, generation
              FROM items WHERE id = $1",
         )
         .bind(item_id)
@@ -402,6 +431,7 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
             per_user_limit,
         },
         packet_remaining,
+        generation,
     }))
 }
 

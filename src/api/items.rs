@@ -73,8 +73,10 @@ pub struct Restock {
 }
 
 /// `POST /items/{id}/restock {"units"}` → `200` with the item. Adds to the stock in the
-/// database, then announces it: API instances stop answering `sold_out` at the door, and the
-/// consumer drops its in-memory state of the item, so its next request sees the new stock. The
+/// database, bumping the item's generation (the UPDATE returns it), then announces it with that
+/// generation: API instances stop answering `sold_out` at the door (and ignore any `sold_out`
+/// decided before it), and the consumer drops its in-memory state of the item, so its next
+/// request sees the new stock. The
 /// lock-based paths read stock from the database and see it at once; the Redis paths keep
 /// their own copy (reload it with `seckill redis-load` once their sale is quiet).
 pub async fn restock(
@@ -90,8 +92,8 @@ pub async fn restock(
             format!("units must be between 1 and {STOCK_MAX}"),
         ));
     }
-    let item = match store::restock(&state.pool, id, restock.units).await {
-        Ok(Some(item)) => item,
+    let (item, generation) = match store::restock(&state.pool, id, restock.units).await {
+        Ok(Some(restocked)) => (restocked.item, restocked.generation),
         Ok(None) => return Err(ApiError::NotFound("item")),
         Err(e @ (RestockError::TooMuch | RestockError::RedPacket)) => {
             return Err(ApiError::client(
@@ -102,24 +104,28 @@ pub async fn restock(
         Err(RestockError::Database(e)) => return Err(e.into()),
     };
     if let Some(shedder) = &state.shedder {
-        shedder.forget(id);
+        shedder.restocked(id, generation);
     }
     // Stored: the restock has happened whatever follows. An announcement that cannot be sent
-    // costs time, not units: `sold_out` marks age out, and the consumer reloads an item once
-    // it has been idle (or on restart).
+    // costs time, not units: `sold_out` marks age out, and a consumer about to answer
+    // `sold_out` sees the generation moved and reloads the item.
     match state
         .publisher
-        .announce(&ItemEvent::Restocked { item_id: id })
+        .announce(&ItemEvent::Restocked {
+            item_id: id,
+            generation,
+        })
         .await
     {
         Ok(()) => tracing::info!(
             item_id = id,
+            generation,
             units = restock.units,
             stock_remaining = item.stock_remaining,
             "item restocked"
         ),
         Err(e) => tracing::warn!(item_id = id, units = restock.units, error = %e,
-            "item restocked, but the announcement failed: consumers see the new stock once the item's state is reloaded"),
+            "item restocked, but the announcement failed: other API instances shed the item until their mark ages out; consumers reload it at their next sold_out"),
     }
     Ok(axum::Json(item))
 }

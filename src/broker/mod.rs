@@ -64,6 +64,19 @@ pub async fn connect(amqp_url: &str, name: &str) -> anyhow::Result<Connection> {
     anyhow::bail!("cannot connect to RabbitMQ at {}", failures.join("; "))
 }
 
+/// The user an `AMQP_URL` connects as: that of its first node (a cluster's users are the same
+/// on every node), percent-decoded, `guest` when the URL names none (as the client does).
+pub fn amqp_user(amqp_url: &str) -> anyhow::Result<String> {
+    let first = nodes(amqp_url)
+        .first()
+        .copied()
+        .ok_or_else(|| anyhow::anyhow!("AMQP_URL names no broker"))?;
+    let uri: lapin::uri::AMQPUri = first
+        .parse()
+        .map_err(|e| anyhow::anyhow!("cannot parse {}: {e}", redact_url(first)))?;
+    Ok(uri.authority.userinfo.username)
+}
+
 fn last_reached(amqp_url: &str) -> usize {
     let reached = LAST_REACHED.lock().expect("last reached lock");
     reached
@@ -91,6 +104,22 @@ mod tests {
             ["amqp://a:5672/%2f", "amqp://b:5673/%2f"]
         );
         assert!(nodes(" , ").is_empty());
+    }
+
+    #[test]
+    fn the_user_is_the_first_nodes() {
+        let user = |url| amqp_user(url).unwrap();
+        assert_eq!(user("amqp://guest:guest@127.0.0.1:5672/%2f"), "guest");
+        assert_eq!(
+            user("amqp://seckill%2Dapi:pw@a/%2f,amqp://other:pw@b/%2f"),
+            "seckill-api"
+        );
+        assert_eq!(
+            user("amqp://127.0.0.1:5672/%2f"),
+            "guest",
+            "the client's default"
+        );
+        assert!(amqp_user(" , ").is_err());
     }
 
     #[tokio::test]

@@ -57,6 +57,8 @@ struct Link {
 
 pub struct Publisher {
     amqp_url: String,
+    /// The AMQP user of `amqp_url`: the `user_id` of its announcements.
+    user: String,
     topology: Topology,
     link: tokio::sync::RwLock<Option<Link>>,
     /// When the last failed reconnect happened, to pace the next one.
@@ -69,6 +71,7 @@ impl Publisher {
     pub async fn connect(amqp_url: &str, topology: Topology) -> anyhow::Result<Self> {
         let publisher = Self {
             amqp_url: amqp_url.to_owned(),
+            user: super::amqp_user(amqp_url)?,
             topology,
             link: tokio::sync::RwLock::new(None),
             last_failure: Mutex::new(None),
@@ -151,7 +154,7 @@ impl Publisher {
     /// for the broker's confirm.
     pub async fn announce(&self, event: &ItemEvent) -> Result<(), PublishError> {
         let channel = self.channel().await?;
-        let confirm = super::item_events::publish(&channel, &self.topology, event)
+        let confirm = super::item_events::publish(&channel, &self.topology, &self.user, event)
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         match confirm.await {

@@ -26,7 +26,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::item_events::{self, ItemEvent};
+use crate::broker::item_events::{self, Heard, ItemEvent};
 use crate::broker::{self, topology::Topology};
 use crate::config::{BrokerArgs, ConsumerArgs};
 use crate::domain::ItemId;
@@ -46,7 +46,12 @@ pub(crate) struct Context {
     pub args: ConsumerArgs,
     /// Confirm-mode channel for dead letters: a bad message is acked only once its copy is safe.
     pub dead_letters: lapin::Channel,
-    /// Items announced restocked: each partition drops their state before its next batch.
+    /// The AMQP user of the connection: the `user_id` of the consumer's `sold_out`
+    /// announcements.
+    pub amqp_user: String,
+    /// Items announced restocked: each partition drops their state before its next batch. A
+    /// fast path only: a batch that would answer `sold_out` also checks the stored generation
+    /// (`partition::forget_missed_restocks`), so a lost announcement costs no unit.
     pub restocked: broadcast::Sender<ItemId>,
 }
 
@@ -85,16 +90,39 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     args.check()?;
+    let topology = Topology::new(&broker_args);
+    let announcers = item_events::Announcers::from_args(&broker_args)?;
+    let amqp_user = broker::amqp_user(&broker_args.amqp_url)?;
+    let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
+    // For the daemon's whole life, across its broker connections: `listen` reconnects on its
+    // own, so the relay never ends while the daemon runs. Polled here rather than spawned, so
+    // it goes with the daemon's task however that ends.
+    let relay = relay_restocks(
+        broker_args.amqp_url.clone(),
+        topology.clone(),
+        announcers,
+        restocked.clone(),
+        shutdown.clone(),
+    );
     let daemon = Daemon {
-        topology: Topology::new(&broker_args),
+        topology,
         member: lease::member_id(),
         pool,
         broker_args,
         args,
+        restocked,
+        amqp_user,
         shutdown,
     };
     tracing::info!(member = %daemon.member, "consumer lease id");
-    daemon.run().await
+    let run = daemon.run();
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => return result,
+        // Ends only once shutdown is asked: the daemon still finishes its batches.
+        () = relay => {}
+    }
+    run.await
 }
 
 /// What the daemon is, the same for every broker connection it makes.
@@ -105,6 +133,10 @@ struct Daemon {
     args: ConsumerArgs,
     /// This daemon's id in the lease table, kept across reconnections.
     member: String,
+    /// Items announced restocked, relayed by [`relay_restocks`] to every partition.
+    restocked: broadcast::Sender<ItemId>,
+    /// The AMQP user of `broker_args`: the `user_id` of this daemon's announcements.
+    amqp_user: String,
     shutdown: CancellationToken,
 }
 
@@ -225,16 +257,13 @@ impl Daemon {
         dead_letters
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        let (restocked, _) = broadcast::channel(RESTOCKS_BUFFERED_MAX);
-        let announcements =
-            item_events::subscribe(&connection.create_channel().await?, &self.topology).await?;
-        tokio::spawn(relay_restocks(announcements, restocked.clone()));
         let context = Arc::new(Context {
             pool: self.pool.clone(),
             topology: self.topology.clone(),
             args: self.args.clone(),
             dead_letters,
-            restocked,
+            amqp_user: self.amqp_user.clone(),
+            restocked: self.restocked.clone(),
         });
         Ok((connection, context))
     }
@@ -350,13 +379,26 @@ impl Connected {
     }
 }
 
-/// Hands each restock announcement to the partitions; ends with the connection (whose end also
-/// ends the partitions, which then rebuild every item from the database).
-async fn relay_restocks(mut announcements: lapin::Consumer, restocked: broadcast::Sender<ItemId>) {
-    while let Some(Ok(delivery)) = announcements.next().await {
-        if let Some(ItemEvent::Restocked { item_id }) = ItemEvent::decode(&delivery.data) {
+/// Hands each restock announcement to the partitions, until shutdown, on a connection of its own
+/// that [`item_events::listen`] re-opens whenever it is lost. Announcements missed meanwhile need
+/// no repair here: a partition about to answer `sold_out` for an item checks its stored
+/// generation and reloads it if a restock happened since (`partition::forget_missed_restocks`).
+async fn relay_restocks(
+    amqp_url: String,
+    topology: Topology,
+    announcers: item_events::Announcers,
+    restocked: broadcast::Sender<ItemId>,
+    shutdown: CancellationToken,
+) {
+    let name = format!(
+        "seckill-consumer-events {}",
+        topology.item_events_exchange()
+    );
+    let relay = move |heard| {
+        if let Heard::Event(ItemEvent::Restocked { item_id, .. }) = heard {
             tracing::info!(item_id, "item restocked; its state will be reloaded");
             let _ = restocked.send(item_id);
         }
-    }
+    };
+    item_events::listen(amqp_url, topology, name, announcers, relay, shutdown).await;
 }

@@ -33,8 +33,8 @@ use super::Context;
 use super::sequencer::Sequencer;
 use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
-use crate::domain::{ItemId, OrderRequest, Outcome};
-use crate::sale::{ItemState, PathName};
+use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome};
+use crate::sale::PathName;
 use crate::store::{self, CommitError, Fence};
 
 /// Path name recorded with the outcomes this consumer decides.
@@ -502,6 +502,7 @@ impl Decider {
         } else {
             store::stored_outcomes(pool, look_up).await?
         };
+        forget_missed_restocks(pool, &mut self.sequencer, pending).await?;
         load_items(pool, &mut self.sequencer, pending).await?;
         let (requests, undecidable) = sort_out_undecidable(&self.sequencer, pending);
         // Time-ordered ids keep the orders primary-key index appending at its right edge.
@@ -579,6 +580,56 @@ async fn load_items(
     Ok(())
 }
 
+/// Drops the state of every item of `pending` that is short in memory — fewer units left than
+/// the batch asks of it, so some of its requests would be answered `sold_out` — when a restock
+/// has been committed since the state was loaded; [`load_items`] then reloads it, new units
+/// included. This is what makes a restock sell whatever happens to its announcement: a lost
+/// `restocked` would otherwise leave the item sold out in memory for as long as demand keeps it
+/// from going idle (its `sold_out` answers re-announce it, so the API instances keep shedding it
+/// too). One indexed read per batch with a short item, none for the others; an item with enough
+/// units left in memory needs no restock yet. Red packets are never restocked.
+async fn forget_missed_restocks(
+    pool: &sqlx::PgPool,
+    sequencer: &mut Sequencer,
+    pending: &[(usize, OrderRequest)],
+) -> sqlx::Result<()> {
+    let mut asked: HashMap<ItemId, i64> = HashMap::new();
+    for (_, request) in pending {
+        let units = asked.entry(request.item_id).or_default();
+        *units = units.saturating_add(request.quantity);
+    }
+    let short: Vec<ItemId> = asked
+        .into_iter()
+        .filter(|(item_id, units)| {
+            sequencer.state(*item_id).is_some_and(|state| {
+                state.rules.kind == ItemKind::Goods && state.stock_remaining < *units
+            })
+        })
+        .map(|(item_id, _)| item_id)
+        .collect();
+    if short.is_empty() {
+        return Ok(());
+    }
+    let stored = store::item_generations(pool, &short).await?;
+    let restocked: Vec<ItemId> = short
+        .into_iter()
+        .filter(|item_id| {
+            let loaded_at = sequencer.state(*item_id).map(|state| state.generation);
+            stored
+                .get(item_id)
+                .is_some_and(|generation| Some(*generation) != loaded_at)
+        })
+        .collect();
+    for item_id in &restocked {
+        tracing::info!(
+            item_id,
+            "item restocked since its state was loaded; reloading it"
+        );
+    }
+    sequencer.forget(restocked);
+    Ok(())
+}
+
 /// The requests the sequencer may decide, and why it may not decide the others, by delivery
 /// index.
 fn sort_out_undecidable(
@@ -606,20 +657,25 @@ fn sort_out_undecidable(
 /// at the door (see [`crate::shedding`]). Sent after every batch that saw such an item, so an
 /// API instance started later learns it too; a lost announcement only costs a shed request.
 async fn announce_sold_out(context: &Context, channel: &Channel, decider: &Decider, batch: &Batch) {
-    let mut items: Vec<ItemId> = batch
+    let mut items: Vec<(ItemId, i64)> = batch
         .item_ids()
-        .filter(|id| {
-            decider
-                .sequencer
-                .state(*id)
-                .is_some_and(ItemState::is_sold_out)
+        .filter_map(|id| {
+            let state = decider.sequencer.state(id)?;
+            state.is_sold_out().then_some((id, state.generation))
         })
         .collect();
     items.sort_unstable();
     items.dedup();
-    for item_id in items {
-        let event = ItemEvent::SoldOut { item_id };
-        if let Err(e) = item_events::publish(channel, &context.topology, &event).await {
+    for (item_id, generation) in items {
+        // The generation the state was loaded at: an API instance that heard of a later
+        // restock ignores this announcement.
+        let event = ItemEvent::SoldOut {
+            item_id,
+            generation,
+        };
+        let published =
+            item_events::publish(channel, &context.topology, &context.amqp_user, &event).await;
+        if let Err(e) = published {
             tracing::debug!(item_id, error = %e, "could not announce an item sold out");
         }
     }

@@ -20,6 +20,11 @@ pub struct ItemState {
     /// A red packet's amount not yet paid out, in minor units, to be split among the
     /// `stock_remaining` shares left; `None` for goods.
     pub packet_remaining: Option<i64>,
+    /// The item's generation (its restock count) this state was loaded at: a decider about to
+    /// answer `sold_out` compares it with the stored one, and reloads the item if a restock it
+    /// did not hear of has happened since. Announcements carry it too (see
+    /// [`crate::broker::item_events`]).
+    pub generation: i64,
 }
 
 /// One user's order for an item.
@@ -70,6 +75,7 @@ impl ItemState {
                 per_user_limit,
             },
             packet_remaining: None,
+            generation: 0,
         }
     }
 

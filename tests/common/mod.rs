@@ -60,6 +60,7 @@ impl TestEnv {
             partitions: PARTITIONS,
             queue_length_max: 1_000_000,
             queue_type: seckill::config::QueueType::Classic,
+            announcer_users: None,
         };
         configure(&mut broker);
         let pool = seckill::store::connect(&database)
