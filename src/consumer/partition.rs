@@ -444,7 +444,14 @@ struct Decider {
     on_active: Option<super::OnActive>,
     /// Request ids found decided before when they came again: looked up before deciding.
     repeats: HashSet<Uuid>,
+    /// When each short item's stored generation was last read (see [`forget_missed_restocks`]).
+    restocks_checked: HashMap<ItemId, Instant>,
 }
+
+/// Most often a short item's stored generation is read: the longest a restock whose
+/// announcement was lost waits to be sold, and what keeps a sold-out item's tail of requests
+/// from paying one more read per batch.
+const RESTOCK_CHECK_EVERY: Duration = Duration::from_millis(200);
 
 /// Most repeated request ids a subscription remembers.
 const REPEATS_REMEMBERED_MAX: usize = 10_000;
@@ -502,7 +509,8 @@ impl Decider {
         } else {
             store::stored_outcomes(pool, look_up).await?
         };
-        forget_missed_restocks(pool, &mut self.sequencer, pending).await?;
+        let checked = &mut self.restocks_checked;
+        forget_missed_restocks(pool, &mut self.sequencer, checked, pending).await?;
         load_items(pool, &mut self.sequencer, pending).await?;
         let (requests, undecidable) = sort_out_undecidable(&self.sequencer, pending);
         // Time-ordered ids keep the orders primary-key index appending at its right edge.
@@ -586,13 +594,16 @@ async fn load_items(
 /// included. This is what makes a restock sell whatever happens to its announcement: a lost
 /// `restocked` would otherwise leave the item sold out in memory for as long as demand keeps it
 /// from going idle (its `sold_out` answers re-announce it, so the API instances keep shedding it
-/// too). One indexed read per batch with a short item, none for the others; an item with enough
-/// units left in memory needs no restock yet. Red packets are never restocked.
+/// too). One indexed read for a batch's short items, at most every [`RESTOCK_CHECK_EVERY`] per
+/// item, none for the others; an item with enough units left in memory needs no restock yet.
+/// Red packets are never restocked.
 async fn forget_missed_restocks(
     pool: &sqlx::PgPool,
     sequencer: &mut Sequencer,
+    checked: &mut HashMap<ItemId, Instant>,
     pending: &[(usize, OrderRequest)],
 ) -> sqlx::Result<()> {
+    let now = Instant::now();
     let mut asked: HashMap<ItemId, i64> = HashMap::new();
     for (_, request) in pending {
         let units = asked.entry(request.item_id).or_default();
@@ -606,9 +617,20 @@ async fn forget_missed_restocks(
             })
         })
         .map(|(item_id, _)| item_id)
+        .filter(|item_id| {
+            checked
+                .get(item_id)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= RESTOCK_CHECK_EVERY)
+        })
         .collect();
     if short.is_empty() {
         return Ok(());
+    }
+    if checked.len() > 4 * sequencer.len().max(256) {
+        checked.retain(|item_id, _| sequencer.knows(*item_id));
+    }
+    for item_id in &short {
+        checked.insert(*item_id, now);
     }
     let stored = store::item_generations(pool, &short).await?;
     let restocked: Vec<ItemId> = short

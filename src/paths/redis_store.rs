@@ -8,6 +8,9 @@
 //! the write fails, the Redis side is undone and the two agree again when the request ends.
 //! While a grant is being written its unit is out of Redis: a request arriving then is told
 //! `sold_out` even if that write is later undone (only when the database fails or disagrees).
+//! If the undo fails too, the buyer stays in the set with no order: their next requests find
+//! them "in flight", and after some 100 ms [`RedisStore::repair_buyer`] checks the database and
+//! drops the entry, so they are decided rather than answered 503 forever.
 //!
 //! Keys of item N, under the configured prefix P: `P:item:N:stock` (units left, counted by
 //! `redis-lua` and `redis-watch`; its presence marks the item as loaded), `P:item:N:buyers` (set
