@@ -41,6 +41,6 @@ pub fn authorize(expected: Option<&str>, role: Role, headers: &HeaderMap) -> Res
     if bool::from(given.as_bytes().ct_eq(expected.as_bytes())) {
         Ok(())
     } else {
-        Err(ApiError::Unauthorized(role))
+        Err(ApiError::Unauthorized(role.as_str()))
     }
 }

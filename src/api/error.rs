@@ -8,7 +8,6 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use super::auth::Role;
 use crate::broker::publisher::PublishError;
 use crate::domain::InvalidInput;
 use crate::paths::PathError;
@@ -25,9 +24,9 @@ pub enum ApiError {
     /// 400: the input parsed but breaks a rule.
     #[error(transparent)]
     Invalid(#[from] InvalidInput),
-    /// 401: the role's token is missing or wrong.
-    #[error("a valid {} bearer token is required", .0.as_str())]
-    Unauthorized(Role),
+    /// 401: the token of this role (`admin`, `producer`) is missing or wrong.
+    #[error("a valid {0} bearer token is required")]
+    Unauthorized(&'static str),
     /// 404
     #[error("{0} not found")]
     NotFound(&'static str),
