@@ -151,7 +151,7 @@ impl From<redis::RedisError> for PathError {
 /// Most tries [`decide`] makes: each is cut short only by a concurrent duplicate or a buyer whose
 /// order is in flight, and both settle within milliseconds.
 const DECIDE_TRIES_MAX: u32 = 8;
-/// After this many tries finding the buyer in flight (some 100 ms of waiting), [`decide`] asks
+/// After this many tries finding the buyer in flight (a few tens of milliseconds of waiting), [`decide`] asks
 /// the path to check its buyer list against the database ([`PurchasePath::repair_buyer`]).
 const BUYER_IN_FLIGHT_BEFORE_REPAIR: u32 = 4;
 

@@ -75,10 +75,16 @@ impl PurchasePath for RedisList {
             let _: i64 = con.lpush(&keys.tokens, &token).await?;
             return record_repeat_buyer(&self.pool, self.name(), request).await;
         }
-        let mut undo = redis::pipe();
-        undo.atomic()
-            .lpush(&keys.tokens, &token)
-            .srem(&keys.buyers, user);
-        persist_or_undo(&self.pool, self.name(), request, &mut con, &undo).await
+        let mut give_back = redis::pipe();
+        give_back.lpush(&keys.tokens, &token);
+        persist_or_undo(
+            &self.pool,
+            self.name(),
+            request,
+            &mut con,
+            &keys.buyers,
+            &give_back,
+        )
+        .await
     }
 }

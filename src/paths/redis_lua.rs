@@ -75,12 +75,18 @@ impl PurchasePath for RedisLua {
         }
         match verdict {
             1 => {
-                let mut undo = redis::pipe();
-                undo.atomic()
-                    .incr(&keys.stock, 1)
-                    .srem(&keys.buyers, &request.user_id);
+                let mut give_back = redis::pipe();
+                give_back.incr(&keys.stock, 1);
                 let mut con = self.redis.connection();
-                persist_or_undo(&self.pool, self.name(), request, &mut con, &undo).await
+                persist_or_undo(
+                    &self.pool,
+                    self.name(),
+                    request,
+                    &mut con,
+                    &keys.buyers,
+                    &give_back,
+                )
+                .await
             }
             0 => record_outcome(&self.pool, self.name(), request, Status::SoldOut, None).await,
             -1 => record_repeat_buyer(&self.pool, self.name(), request).await,

@@ -9,7 +9,7 @@
 //! While a grant is being written its unit is out of Redis: a request arriving then is told
 //! `sold_out` even if that write is later undone (only when the database fails or disagrees).
 //! If the undo fails too, the buyer stays in the set with no order: their next requests find
-//! them "in flight", and after some 100 ms [`RedisStore::repair_buyer`] checks the database and
+//! them "in flight", and after a few tries [`RedisStore::repair_buyer`] checks the database and
 //! drops the entry, so they are decided rather than answered 503 forever.
 //!
 //! Keys of item N, under the configured prefix P: `P:item:N:stock` (units left, counted by
@@ -169,7 +169,8 @@ impl RedisStore {
     /// written, and taken out again if that write fails — unless that undo failed too, which
     /// leaves a buyer without an order: every later request of theirs would wait on it.
     /// Dropping an entry whose write is in fact still running (slower than the wait before a
-    /// repair) costs nothing worse than a refused write: PostgreSQL keeps one order per user.
+    /// repair) costs nothing worse than a refused write: PostgreSQL keeps one order per user, and
+    /// the refused grant gives its unit back and leaves the user listed ([`persist_or_undo`]).
     /// The unit the failed undo did not give back stays missing until `seckill redis-load`.
     pub async fn repair_buyer(
         &self,
@@ -251,21 +252,27 @@ impl RedisStore {
     }
 }
 
-/// Writes a purchase Redis granted to PostgreSQL, and runs `undo` (which must give back exactly
-/// what the grant took) unless the order is in the database when this returns. The write is the
-/// conditional path's transaction, so the database, not Redis, has the last word. If the undo
-/// itself fails (Redis down), Redis keeps one unit too few until `seckill redis-load`: an
-/// undersell, never an oversell.
+/// Writes a purchase Redis granted to PostgreSQL; unless that write put this request's order in
+/// the database, runs `give_back` (which must return exactly the unit the grant took) and drops
+/// the user from the buyer set — but only if the database holds no order of theirs for the item:
+/// a grant refused because the user bought before (a second click, or a retry of a request that
+/// another grant committed) keeps them listed. The write is the conditional path's transaction,
+/// so the database, not Redis, has the last word. If the undo itself fails (Redis down), Redis
+/// keeps one unit too few until `seckill redis-load` (an undersell, never an oversell), and the
+/// buyer entry is repaired later ([`RedisStore::repair_buyer`]).
 pub async fn persist_or_undo(
     pool: &PgPool,
     path: PathName,
     request: &OrderRequest,
     con: &mut ConnectionManager,
-    undo: &Pipeline,
+    buyers_key: &str,
+    give_back: &Pipeline,
 ) -> Result<Outcome, PathError> {
     let written = conditional::sell(pool, path, request).await;
     let ordered = match &written {
         Ok(outcome) => outcome.status == Status::Purchased,
+        // A conflict on the request id rolled this write back: another attempt decided it.
+        Err(PathError::AlreadyDecided) => false,
         // The commit may have landed with only its answer lost: look before undoing.
         Err(_) => sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM orders WHERE request_id = $1)")
             .bind(request.request_id)
@@ -277,11 +284,30 @@ pub async fn persist_or_undo(
         // On an error here the outcome is stored too: `decide` re-reads it.
         return written.or(Err(PathError::AlreadyDecided));
     }
-    if let Err(e) = undo.exec_async(con).await {
+    if let Err(e) = give_back.exec_async(con).await {
         tracing::error!(
             error = %e, item_id = request.item_id, %path,
             "could not give a unit back to Redis: Redis undersells this item until `seckill redis-load`"
         );
+        return written;
+    }
+    let holds_order = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM orders WHERE item_id = $1 AND user_id = $2)",
+    )
+    .bind(request.item_id)
+    .bind(&request.user_id)
+    .fetch_one(pool)
+    .await;
+    if let Ok(false) = holds_order {
+        let dropped: Result<i64, _> = redis::cmd("SREM")
+            .arg(buyers_key)
+            .arg(&request.user_id)
+            .query_async(con)
+            .await;
+        if let Err(e) = dropped {
+            tracing::warn!(error = %e, item_id = request.item_id, %path,
+                "could not drop a buyer from Redis; it is repaired on their next request");
+        }
     }
     written
 }

@@ -126,12 +126,18 @@ impl PurchasePath for RedisWatch {
         match decision {
             RedisDecision::Granted => {
                 let keys = self.redis.keys(request.item_id);
-                let mut undo = redis::pipe();
-                undo.atomic()
-                    .incr(&keys.stock, 1)
-                    .srem(&keys.buyers, &request.user_id);
+                let mut give_back = redis::pipe();
+                give_back.incr(&keys.stock, 1);
                 let mut con = self.redis.connection();
-                persist_or_undo(&self.pool, self.name(), request, &mut con, &undo).await
+                persist_or_undo(
+                    &self.pool,
+                    self.name(),
+                    request,
+                    &mut con,
+                    &keys.buyers,
+                    &give_back,
+                )
+                .await
             }
             RedisDecision::Refused(Status::AlreadyPurchased) => {
                 record_repeat_buyer(&self.pool, self.name(), request).await
