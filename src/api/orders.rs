@@ -206,29 +206,19 @@ async fn publish_and_wait(
     wait: Option<Duration>,
 ) -> Result<Response, ApiError> {
     let request_id = request.request_id;
-    // Recorded before publishing, so any request the broker may hold is findable (`pending`),
-    // even when the broker's confirm is lost on the way back.
-    let recorded = state
-        .accepted
-        .record(request.clone())
-        .await
-        .map_err(ApiError::Unavailable)?;
-    if recorded == Recorded::Before
-        && let Some(outcome) = store::stored_outcomes(&state.pool, &[request_id])
-            .await?
-            .remove(&request_id)
-    {
-        tracing::debug!(status = %outcome.status.as_str(), "a retry, answered from the store");
-        return Ok(decided(outcome));
-    }
-
     // Bounded: past `reply_waiters_max` waiting clients this one is answered 202 without waiting.
     // Registered before publishing, so even an instant reply finds its waiter.
     let waiter = wait
         .and_then(|_| state.reply_waiter_permit())
         .map(|permit| (permit, state.publisher.wait_for(request_id)));
-    if let Err(e) = state.publisher.publish(&request, waiter.is_some()).await {
-        return Err(not_published(state, request_id, recorded, e).await);
+    // Its own task: a client that hangs up mid-way cancels this handler, but never leaves a
+    // request recorded and not published (it would stay `pending` for good).
+    let handed_over = tokio::spawn(record_and_publish(state.clone(), request, waiter.is_some()))
+        .await
+        .map_err(|e| ApiError::Internal(e.into()))??;
+    if let HandedOver::Answered(outcome) = handed_over {
+        tracing::debug!(status = %outcome.status.as_str(), "a retry, answered from the store");
+        return Ok(decided(outcome));
     }
     tracing::debug!("request published");
 
@@ -245,10 +235,46 @@ async fn publish_and_wait(
         .into_response())
 }
 
+/// What became of a request handed to the broker.
+enum HandedOver {
+    /// Published, and confirmed by the broker.
+    Published,
+    /// A retry of a request decided before: its stored answer, nothing published.
+    Answered(Outcome),
+}
+
+/// Records the request as accepted, then publishes it. Recorded first, so any request the
+/// broker may hold is findable (`pending`), even when the broker's confirm is lost on the way
+/// back.
+async fn record_and_publish(
+    state: AppState,
+    request: OrderRequest,
+    reply: bool,
+) -> Result<HandedOver, ApiError> {
+    let request_id = request.request_id;
+    let recorded = state
+        .accepted
+        .record(request.clone())
+        .await
+        .map_err(ApiError::Unavailable)?;
+    if recorded == Recorded::Before
+        && let Some(outcome) = store::stored_outcomes(&state.pool, &[request_id])
+            .await?
+            .remove(&request_id)
+    {
+        return Ok(HandedOver::Answered(outcome));
+    }
+    match state.publisher.publish(&request, reply).await {
+        Ok(()) => Ok(HandedOver::Published),
+        Err(e) => Err(not_published(&state, request_id, recorded, e).await),
+    }
+}
+
 /// The 503 for a request the broker did not confirm. One it certainly does not hold is taken back
 /// out of the log (unless an earlier try of the same id put it there): it writes nothing and will
-/// not be decided. One whose confirm was lost stays `pending`: it may still be decided, and the
-/// client is told so (a retry with the same request_id is answered once, whatever happened).
+/// not be decided. One whose confirm was lost, or whose id an earlier try recorded (that try may
+/// be in the broker), stays `pending`: it may still be decided, and the client is told so (a
+/// retry with the same request_id is answered once, whatever happened).
 async fn not_published(
     state: &AppState,
     request_id: Uuid,
@@ -259,9 +285,10 @@ async fn not_published(
         tracing::warn!(%detail, "the broker did not confirm a request; it stays pending");
         return ApiError::MaybeDecided(detail);
     }
-    if recorded == Recorded::New
-        && let Err(e) = store::withdraw_accepted(&state.pool, request_id).await
-    {
+    if recorded == Recorded::Before {
+        return ApiError::MaybeDecided(error.to_string());
+    }
+    if let Err(e) = store::withdraw_accepted(&state.pool, request_id).await {
         // Left pending: a retry with the same id publishes it again and it is decided once.
         tracing::warn!(error = %e, "cannot take back a request the broker refused; it stays pending");
         return ApiError::MaybeDecided(error.to_string());
