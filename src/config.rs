@@ -216,6 +216,19 @@ mod tests {
         assert!(public(None, Some("p"), false).check_exposure().is_err());
         assert!(public(Some("a"), Some("p"), false).check_exposure().is_ok());
         assert!(public(None, None, true).check_exposure().is_ok());
+        let empty = public(Some("a"), Some(""), false)
+            .check_exposure()
+            .unwrap_err();
+        assert!(
+            empty
+                .to_string()
+                .contains("SECKILL_PRODUCER_TOKEN is set but empty")
+        );
+        let loopback_empty = ServeArgs {
+            admin_token: Some(" ".into()),
+            ..ServeArgs::loopback()
+        };
+        assert!(loopback_empty.check_exposure().is_err());
     }
 
     #[test]
@@ -285,9 +298,19 @@ impl ServeArgs {
         }
     }
 
-    /// Refuses to listen beyond loopback without an admin token (anyone could create items) or
-    /// a producer token (anyone could order as any user), unless the operator said so.
+    /// Refuses an empty token, and to listen beyond loopback without an admin token (anyone could
+    /// create items) or a producer token (anyone could order as any user), unless the operator
+    /// said so.
     pub fn check_exposure(&self) -> anyhow::Result<()> {
+        // An empty token would admit a request with no token at all.
+        for (token, name) in [
+            (&self.admin_token, "SECKILL_ADMIN_TOKEN"),
+            (&self.producer_token, "SECKILL_PRODUCER_TOKEN"),
+        ] {
+            if token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+                anyhow::bail!("{name} is set but empty; give it a value or unset it");
+            }
+        }
         if self.bind.ip().is_loopback() || self.allow_public_without_token {
             return Ok(());
         }
