@@ -96,8 +96,13 @@ impl SoldOutBoard {
             }
         };
         let (item_id, generation) = (event.item_id(), event.generation());
+        // A `sold_out` of generation g was decided after restock g: a `restocked` of g heard
+        // after it is older news too.
         if let Some(mark) = marks.get(&item_id)
-            && mark.generation > generation
+            && (mark.generation > generation
+                || (mark.generation == generation
+                    && mark.sold_out_at.is_some()
+                    && matches!(event, ItemEvent::Restocked { .. })))
         {
             tracing::debug!(
                 item_id,
@@ -256,8 +261,8 @@ mod tests {
         // A restock heard late, after a sold_out that already sold its units: stale too.
         board.hear(restocked(1, 1), t0);
         assert!(
-            !board.is_sold_out(1, t0),
-            "the same generation's restock clears"
+            board.is_sold_out(1, t0),
+            "the same generation's restock, heard after its sold_out, is stale"
         );
         board.hear(sold_out(1, 2), t0);
         board.hear(restocked(1, 1), t0);

@@ -519,7 +519,7 @@ async fn postgres_stopped_nothing_is_decided_until_it_is_back() {
 
     wait_for_log(&consumer, "cannot commit a batch", Duration::from_secs(30)).await;
     // Nothing was acked: every message published during the outage is still on the queue
-    // (ready or unacked), along with the one the API published before failing to record it.
+    // (ready or unacked); the request the API could not record was not published.
     let queue = env
         .topology
         .partition_queue(env.topology.partition_of(item));

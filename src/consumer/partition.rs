@@ -519,6 +519,7 @@ impl Decider {
             .decide_batch(&requests, &stored, Uuid::now_v7);
         crate::failpoint::hit("before_commit");
         store::commit_batch(pool, PATH, &decision, fence).await?;
+        self.sequencer.keep_last_batch();
         crate::failpoint::hit("after_commit");
         self.remember_repeats(stored.into_keys());
         let decisions = &crate::metrics::get().consumer.decisions;

@@ -132,6 +132,11 @@ impl Sequencer {
         self.last_batch.clear();
     }
 
+    /// Keeps the last batch's changes for good (its commit succeeded): nothing is left to undo.
+    pub fn keep_last_batch(&mut self) {
+        self.last_batch.clear();
+    }
+
     /// Takes back every change the last [`Sequencer::decide_batch`] made, leaving each item as
     /// it was before: for a batch whose commit was refused whole (a request id decided before),
     /// which is then decided again without reloading anything. Only right before another call.
