@@ -8,7 +8,6 @@ use serde::Serialize;
 
 use super::row::BenchPath;
 use super::scenario::{ScenarioKind, ScenarioSpec};
-use super::soak::SoakSettings;
 
 /// How requests reach the paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -149,4 +148,11 @@ impl BenchArgs {
             sample_every: Duration::from_secs(self.sample_every.max(1)),
         })
     }
+}
+
+/// How a soak runs: for how long, at which rate, sampled how often.
+pub(super) struct SoakSettings {
+    pub duration: Duration,
+    pub rate_per_s: u32,
+    pub sample_every: Duration,
 }

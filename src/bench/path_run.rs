@@ -8,12 +8,13 @@ use futures::StreamExt;
 use serde_json::json;
 
 use super::answer::Answer;
+use super::args::SoakSettings;
 use super::decided::wait_decided;
 use super::driver::{Bench, drive};
 use super::report;
 use super::row::BenchPath;
 use super::scenario::{Attempt, ScenarioSpec};
-use super::soak::{self, SoakSettings};
+use super::soak;
 use super::stats::Recorder;
 use super::summary::{PathResult, summarize};
 

@@ -5,34 +5,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 
 use super::answer::Answer;
+use super::args::SoakSettings;
 use super::driver::{Bench, send};
 use super::row::BenchPath;
 use super::scenario::Attempt;
 use super::stats::Recorder;
-
-/// How a soak runs: for how long, at which rate, sampled how often.
-pub(super) struct SoakSettings {
-    pub duration: Duration,
-    pub rate_per_s: u32,
-    pub sample_every: Duration,
-}
-
-/// One sampling window.
-#[derive(Debug, Clone, Serialize)]
-pub struct SoakSample {
-    /// Seconds since the soak started, at the end of the window.
-    pub t_s: f64,
-    /// Resident memory of the bench process (API, consumer and load generator), MiB.
-    pub rss_mib: f64,
-    /// Requests answered per second in the window.
-    pub answered_per_s: f64,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-    pub errors: u64,
-}
+use super::summary::SoakSample;
 
 /// What the simulated clients record into: the current sampling window, and the whole soak.
 #[derive(Default)]

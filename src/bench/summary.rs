@@ -13,7 +13,6 @@ use super::ceiling::Ceilings;
 use super::environment::Environment;
 use super::row::BenchPath;
 use super::scenario::ScenarioSpec;
-use super::soak::SoakSample;
 use super::stats::{self, Latency, Recorder};
 use crate::audit::{self, ItemAudit};
 use crate::domain::Status;
@@ -209,4 +208,18 @@ mod tests {
             assert_eq!(json[status.as_str()], 1, "{status:?}");
         }
     }
+}
+
+/// One sampling window.
+#[derive(Debug, Clone, Serialize)]
+pub struct SoakSample {
+    /// Seconds since the soak started, at the end of the window.
+    pub t_s: f64,
+    /// Resident memory of the bench process (API, consumer and load generator), MiB.
+    pub rss_mib: f64,
+    /// Requests answered per second in the window.
+    pub answered_per_s: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
 }
