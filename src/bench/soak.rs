@@ -5,7 +5,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-
 use super::answer::Answer;
 use super::args::SoakSettings;
 use super::driver::{Bench, send};
