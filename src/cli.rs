@@ -99,8 +99,12 @@ pub enum Command {
     },
     #[cfg(feature = "bench")]
     /// Compare every purchase path on one scenario: throughput, latency and the audit verdict.
-    /// Writes a table to the terminal, results.json and report.html to --out.
+    /// Writes a table to the terminal, results.json and report.html to --out. `seckill bench
+    /// compare OLD.json NEW.json` compares two runs.
+    #[command(args_conflicts_with_subcommands = true)]
     Bench {
+        #[command(subcommand)]
+        action: Option<crate::bench::BenchCommand>,
         #[command(flatten)]
         bench: crate::bench::BenchArgs,
         #[command(flatten)]
@@ -145,6 +149,17 @@ impl From<bool> for Verdict {
 }
 
 impl Command {
+    /// The logs shown when `RUST_LOG` does not say: the daemons' and tools' INFO lines; for
+    /// the bench only warnings, so its progress and results are not buried under the
+    /// in-process API's and consumer's lines.
+    pub fn default_log_filter(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "bench")]
+            Command::Bench { .. } => "seckill=warn",
+            _ => "seckill=info",
+        }
+    }
+
     /// Runs the command to its end (a daemon: until SIGINT or SIGTERM).
     pub async fn run(self) -> anyhow::Result<Verdict> {
         match self {
@@ -193,6 +208,15 @@ impl Command {
             } => print_audit(&database, item, expect_settled, json).await,
             #[cfg(feature = "bench")]
             Command::Bench {
+                action: Some(crate::bench::BenchCommand::Compare(runs)),
+                ..
+            } => {
+                print!("{}", crate::bench::compare::run(&runs)?);
+                Ok(Verdict::Success)
+            }
+            #[cfg(feature = "bench")]
+            Command::Bench {
+                action: None,
                 bench,
                 database,
                 broker,

@@ -12,7 +12,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("seckill=info")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_filter())),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -27,7 +28,7 @@ fn main() -> ExitCode {
         Ok(Verdict::Success) => ExitCode::SUCCESS,
         Ok(Verdict::Failed) => ExitCode::FAILURE,
         Err(e) => {
-            tracing::error!("{e:#}");
+            // Said once, on stderr (a log line too would repeat it).
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }

@@ -133,3 +133,200 @@ async fn direct_mode_and_the_spread_scenario_audit_clean() {
     let _ = std::fs::remove_dir_all(&out);
     env.cleanup().await;
 }
+
+/// Every step's run is audited like the comparison's: it sold exactly its stock (grown with
+/// the step), one decision per request, a clean verdict.
+fn assert_audited(r: &bench::PathResult) {
+    let o = &r.outcomes;
+    assert!(r.audit.clean, "{}: {:?}", r.path, r.audit.violations);
+    assert_eq!(
+        r.orders, r.stock_total,
+        "{} sells exactly its stock",
+        r.path
+    );
+    assert_eq!(
+        o.purchased + o.sold_out + o.already_purchased + o.failed_retry,
+        r.requests,
+        "{}: every request decided ({o:?})",
+        r.path
+    );
+    let l = &r.latency;
+    assert!(
+        l.p50_ms > 0.0 && l.p50_ms <= l.p99_ms && l.p99_ms <= l.p99_9_ms && l.p99_9_ms <= l.max_ms
+    );
+    let answered: u64 = r.timeline.iter().map(|s| s.answered).sum();
+    assert_eq!(
+        answered, r.requests,
+        "{}: every answer in the timeline",
+        r.path
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tiny_sweep_steps_the_rate_and_audits_every_step() {
+    let env = TestEnv::new().await;
+    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let args = bench_args(&[
+        "--paths",
+        "queue,conditional",
+        "--sweep",
+        "--sweep-from",
+        "40",
+        "--sweep-factor",
+        "2",
+        "--sweep-step-secs",
+        "1",
+        "--sweep-steps-max",
+        "2",
+        "--slo-p99-ms",
+        "60000",
+        "--no-ceilings",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let results = run_bench(&env, args).await;
+    assert_eq!(results.sweep.len(), 2, "a curve per path");
+    for curve in &results.sweep {
+        assert!((1..=2).contains(&curve.steps.len()), "{}", curve.path);
+        for (i, step) in curve.steps.iter().enumerate() {
+            let r = &step.result;
+            let offered = 40.0 * 2f64.powi(i as i32);
+            assert_eq!(r.offered_per_s, Some(offered), "{}", curve.path);
+            assert_eq!(
+                r.requests, offered as u64,
+                "{}: the rate for one second",
+                curve.path
+            );
+            assert_audited(r);
+            assert_eq!(step.met_slo, step.missed_because.is_none());
+        }
+        let best = curve.steps.iter().rev().find(|s| s.met_slo);
+        assert_eq!(
+            curve.max_per_s_within_slo,
+            best.map(|s| s.result.achieved_per_s)
+        );
+        assert!(!curve.stopped_because.is_empty());
+    }
+    assert_eq!(
+        results.paths.len(),
+        2,
+        "the table shows each path's best step"
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["format_version"], 2);
+    for curve in json["sweep"].as_array().unwrap() {
+        for step in curve["steps"].as_array().unwrap() {
+            for field in [
+                "met_slo",
+                "offered_per_s",
+                "achieved_per_s",
+                "audit",
+                "timeline",
+            ] {
+                assert!(!step[field].is_null(), "a step has {field}: {step}");
+            }
+        }
+    }
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(
+        html.contains("Latency against throughput"),
+        "the curve is drawn"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_open_model_run_keeps_its_schedule_and_reports_offered_and_achieved() {
+    let env = TestEnv::new().await;
+    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let args = bench_args(&[
+        "--paths",
+        "queue,pessimistic,naive",
+        "--rate",
+        "100",
+        "--requests",
+        "150",
+        "--users",
+        "60",
+        "--stock",
+        "20",
+        "--no-ceilings",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let results = run_bench(&env, args).await;
+    assert_eq!(results.paths.len(), 3);
+    for r in &results.paths {
+        assert_eq!(r.offered_per_s, Some(100.0), "{}", r.path);
+        assert_eq!(r.requests, 150, "{}", r.path);
+        // The schedule spreads 150 requests over 1.49 s, however fast the path answers.
+        assert!(r.elapsed_s >= 1.49, "{}: {} s", r.path, r.elapsed_s);
+        assert!(r.achieved_per_s > 0.0 && r.sent_late <= r.requests);
+        if r.path == bench::BenchPath::NAIVE {
+            continue;
+        }
+        assert_eq!(
+            r.stock_total, 20,
+            "--requests fixes the run: the stock as given"
+        );
+        assert_audited(r);
+    }
+    assert!(!results.headline.is_empty());
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["load"]["model"], "open");
+    assert_eq!(json["load"]["rate_per_s"], 100.0);
+    assert!(json["command_line"].as_str().is_some());
+    let settings = &json["environment"]["settings"];
+    assert!(settings["partitions"].as_u64().unwrap() > 0, "{settings}");
+    assert!(
+        settings["synchronous_commit"].as_str().is_some(),
+        "{settings}"
+    );
+    assert!(json["paths"][0]["latency"]["p99_9_ms"].as_f64().is_some());
+
+    // `bench compare` reads it back: a line per path.
+    let compared = bench::compare::run(&bench::CompareArgs {
+        old: out.join("results.json"),
+        new: out.join("results.json"),
+    })
+    .unwrap();
+    for path in ["queue", "pessimistic", "naive"] {
+        assert!(
+            compared.lines().any(|l| l.starts_with(path)),
+            "{path} in {compared}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_sustained_run_grows_the_stock_with_its_requests() {
+    let env = TestEnv::new().await;
+    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let args = bench_args(&[
+        "--paths",
+        "queue,conditional",
+        "--measure-secs",
+        "1",
+        "--no-ceilings",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let results = run_bench(&env, args).await;
+    let spec = &results.scenario;
+    for r in &results.paths {
+        assert_audited(r);
+        assert!(r.requests >= spec.requests as u64 / 10, "{}", r.path);
+        // The share that found stock is the scenario's: stock / requests, rounded up.
+        let expected = (spec.stock_per_item as u64 * r.requests).div_ceil(spec.requests as u64);
+        assert_eq!(r.stock_total, expected.max(1) as i64, "{}", r.path);
+        assert_eq!(r.offered_per_s, None, "a closed loop offers no rate");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+    env.cleanup().await;
+}

@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::row::BenchPath;
 use super::scenario::{ScenarioKind, ScenarioSpec};
 
+/// The soak's rate when `--rate` does not say, requests per second.
+const SOAK_RATE_PER_S: u32 = 1000;
+
 /// How requests reach the paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
@@ -69,9 +72,43 @@ pub struct BenchArgs {
     /// --requests (with `--paths all`, only the queue path), sampling memory and latency.
     #[arg(long, value_name = "SECONDS")]
     pub duration: Option<u64>,
-    /// Requests per second in soak mode.
-    #[arg(long, default_value_t = 1000, requires = "duration")]
-    pub rate: u32,
+    /// Open model: offer this many requests per second, on a schedule, whatever the path's
+    /// answers (latency counts from when each request was due). Without it the clients are a
+    /// closed loop of `--concurrency`. Soak mode's steady rate (default 1,000).
+    #[arg(long, value_name = "PER_SECOND", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub rate: Option<u32>,
+    /// Seconds of measured load per path after its warm-up, when `--requests` does not fix the
+    /// count: the run sends enough requests to fill them (at `--rate`, or at the rate the
+    /// warm-up reached), and the stock grows with the requests, so the scenario's sold-out
+    /// share holds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub measure_secs: u64,
+    /// Most requests in flight at once in the open model (`--rate`, `--sweep`): past it a due
+    /// request waits for a free slot, and counts as sent late.
+    #[arg(long, default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=20_000))]
+    pub in_flight_max: u64,
+    /// The curve: for each path, step the offered rate up (open model) until its p99 passes
+    /// `--slo-p99-ms`, it achieves less than 90% of the offered rate, or more than 1% of its
+    /// requests fail; report each path's highest rate that met the bound.
+    #[arg(long, conflicts_with_all = ["duration", "rate", "requests"])]
+    pub sweep: bool,
+    /// The latency bound of `--sweep` (and of the headline), p99 in milliseconds.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub slo_p99_ms: u64,
+    /// The first offered rate of `--sweep`, requests per second.
+    #[arg(long, default_value_t = 250, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub sweep_from: u32,
+    /// Each step of `--sweep` offers this many times the rate of the step before.
+    #[arg(long, default_value_t = 1.5)]
+    pub sweep_factor: f64,
+    /// Seconds of load per step of `--sweep`.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub sweep_step_secs: u64,
+    /// Most steps per path in `--sweep`.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=100))]
+    pub sweep_steps_max: u64,
     /// Seconds between two soak samples.
     #[arg(long, default_value_t = 10, requires = "duration")]
     pub sample_every: u64,
@@ -82,7 +119,7 @@ pub struct BenchArgs {
         long,
         value_name = "CLIENTS",
         default_value_t = 0,
-        conflicts_with = "duration"
+        conflicts_with_all = ["duration", "rate", "sweep"]
     )]
     pub resend_decided: usize,
 }
@@ -140,11 +177,48 @@ impl BenchArgs {
             .collect()
     }
 
+    /// How the comparison's clients send (the sweep sets its own rate per step).
+    pub(super) fn load(&self) -> Load {
+        match self.rate {
+            Some(rate_per_s) => Load::Open {
+                rate_per_s: f64::from(rate_per_s),
+                in_flight_max: self.in_flight_max as usize,
+            },
+            None => Load::Closed {
+                concurrency: self.concurrency.max(1),
+            },
+        }
+    }
+
+    /// How many requests each path's measured run sends: `--requests` if given, else enough
+    /// for `--measure-secs` at the offered rate (`None`: at the rate its warm-up reached).
+    pub(super) fn run_length(&self) -> RunLength {
+        match (self.requests, self.rate) {
+            (Some(n), _) => RunLength::Requests(n),
+            (None, Some(rate)) => {
+                RunLength::Requests((f64::from(rate) * self.measure_secs as f64).ceil() as usize)
+            }
+            (None, None) => RunLength::Seconds(self.measure_secs as f64),
+        }
+    }
+
+    /// The sweep's settings, if `--sweep` asks for it.
+    pub(super) fn sweep(&self) -> Option<SweepSettings> {
+        self.sweep.then(|| SweepSettings {
+            from_per_s: f64::from(self.sweep_from),
+            factor: self.sweep_factor.max(1.05),
+            step: Duration::from_secs(self.sweep_step_secs),
+            steps_max: self.sweep_steps_max as usize,
+            slo_p99_ms: self.slo_p99_ms as f64,
+            in_flight_max: self.in_flight_max as usize,
+        })
+    }
+
     /// Soak mode's settings, if `--duration` asks for it.
     pub(super) fn soak(&self) -> Option<SoakSettings> {
         self.duration.map(|s| SoakSettings {
             duration: Duration::from_secs(s),
-            rate_per_s: self.rate,
+            rate_per_s: self.rate.unwrap_or(SOAK_RATE_PER_S),
             sample_every: Duration::from_secs(self.sample_every.max(1)),
         })
     }
@@ -155,4 +229,39 @@ pub(super) struct SoakSettings {
     pub duration: Duration,
     pub rate_per_s: u32,
     pub sample_every: Duration,
+}
+
+/// How the simulated clients send.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(tag = "model", rename_all = "kebab-case")]
+pub enum Load {
+    /// `concurrency` clients, each sending its next request when its last was answered: a slow
+    /// path is offered less (what a closed loop measures is capacity, not a buyer's wait).
+    Closed { concurrency: usize },
+    /// Requests sent on a schedule at `rate_per_s`, however the path answers; each one's
+    /// latency counts from when it was due. At most `in_flight_max` in flight.
+    Open {
+        rate_per_s: f64,
+        in_flight_max: usize,
+    },
+}
+
+/// How long a path's measured run is.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum RunLength {
+    /// Exactly this many requests.
+    Requests(usize),
+    /// Enough requests to last this many seconds at the rate the warm-up reached.
+    Seconds(f64),
+}
+
+/// How a sweep steps its offered rate, and when a path has passed its knee.
+#[derive(Debug, Clone)]
+pub(super) struct SweepSettings {
+    pub from_per_s: f64,
+    pub factor: f64,
+    pub step: Duration,
+    pub steps_max: usize,
+    pub slo_p99_ms: f64,
+    pub in_flight_max: usize,
 }

@@ -1,15 +1,16 @@
-//! The load driver: sends a path's attempts, `concurrency` at a time, over HTTP or in-process,
-//! and records what each client was told and how long it waited.
+//! The load driver: sends a path's attempts over HTTP or in-process — here the closed loop,
+//! `concurrency` at a time ([`super::open_model`] sends on a schedule) — and records what each
+//! client was told and how long it waited.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use uuid::Uuid;
 
 use super::answer::Answer;
-use super::args::{BenchArgs, Via};
+use super::args::{BenchArgs, Load, Via};
 use super::report;
 use super::row::BenchPath;
 use super::scenario::Attempt;
@@ -26,8 +27,10 @@ pub(super) struct Bench {
     pub stack: Stack,
     pub http: reqwest::Client,
     pub via: Via,
-    /// Simulated clients, each with one request in flight.
+    /// Closed loop: simulated clients, each with one request in flight.
     pub concurrency: usize,
+    /// How the comparison's clients send (`--rate`: the open model).
+    pub load: Load,
     /// Clients re-sending one decided request id while the run lasts (`--resend-decided`).
     pub resend_decided: usize,
 }
@@ -43,51 +46,63 @@ impl Bench {
         Ok(Bench {
             stack,
             http: reqwest::Client::builder()
-                .pool_max_idle_per_host(args.concurrency)
+                .pool_max_idle_per_host(args.concurrency.max(args.in_flight_max as usize))
                 .default_headers(headers)
                 .build()?,
             via: args.via,
             concurrency: args.concurrency.max(1),
+            load: args.load(),
             resend_decided: args.resend_decided,
         })
     }
 }
 
-/// Sends every attempt once, `bench.concurrency` at a time; returns what the clients saw.
+/// Sends every attempt once, `bench.concurrency` at a time (a closed loop), or until `deadline`
+/// if one is given; returns what the clients saw.
 pub(super) async fn drive(
     bench: &Arc<Bench>,
     path: BenchPath,
     items: &Arc<Vec<i64>>,
     attempts: &Arc<Vec<Attempt>>,
+    deadline: Option<Instant>,
 ) -> anyhow::Result<Recorder> {
     let progress = report::progress_bar(path, attempts.len() as u64);
     let next = Arc::new(AtomicUsize::new(0));
+    let recorder = Arc::new(Mutex::new(Recorder::default()));
+    let started = Instant::now();
     // One task per simulated client, so the load spreads over the runtime's worker threads.
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..bench.concurrency {
         let (bench, attempts, items) = (Arc::clone(bench), Arc::clone(attempts), Arc::clone(items));
-        let (next, progress) = (Arc::clone(&next), progress.clone());
+        let (next, progress, recorder) = (Arc::clone(&next), progress.clone(), recorder.clone());
         workers.spawn(async move {
-            let mut recorder = Recorder::default();
             while let Some(attempt) = attempts.get(next.fetch_add(1, Ordering::Relaxed)) {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
                 let sent = Instant::now();
                 let answer = send(&bench, path, items[attempt.item], &attempt.user).await;
-                recorder.record(answer, sent.elapsed());
+                recorder.lock().expect("recorder").record_at(
+                    answer,
+                    sent.elapsed(),
+                    started.elapsed(),
+                );
                 progress.inc(1);
             }
-            recorder
         });
     }
     let resender = resend_decided(bench, path, items, attempts, &next);
-    let mut recorder = Recorder::default();
     while let Some(worker) = workers.join_next().await {
-        recorder.merge(&worker?);
+        worker?;
     }
     let resent = resender.await?;
     if resent > 0 {
-        tracing::info!(%path, resent, "one decided request id sent again and again");
+        progress.println(format!(
+            "{path}: one decided request id sent {resent} times again"
+        ));
     }
     progress.finish_and_clear();
+    let recorder = std::mem::take(&mut *recorder.lock().expect("recorder"));
     Ok(recorder)
 }
 

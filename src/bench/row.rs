@@ -55,7 +55,8 @@ impl BenchPath {
 
 impl fmt::Display for BenchPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        // `pad`, so a table's `{:<14}` lines the rows up.
+        f.pad(self.as_str())
     }
 }
 

@@ -80,6 +80,37 @@ impl ScenarioSpec {
         attempts
     }
 
+    /// The same sale grown (or cut) to `requests` requests: the scenario's attempts over and
+    /// over, each round after the first by new buyers (`user-7-r2`), with the stock grown in
+    /// proportion, so the share of requests that find stock left stays the scenario's.
+    pub fn scaled(&self, requests: usize) -> (ScenarioSpec, Vec<Attempt>) {
+        let base = self.attempts();
+        let rounds_len = base.len().max(1);
+        let attempts = (0..requests)
+            .map(|i| {
+                let a = &base[i % rounds_len];
+                let round = i / rounds_len;
+                Attempt {
+                    item: a.item,
+                    user: if round == 0 {
+                        a.user.clone()
+                    } else {
+                        format!("{}-r{round}", a.user)
+                    },
+                }
+            })
+            .collect();
+        let stock =
+            (self.stock_per_item.max(1) as u64 * requests as u64).div_ceil(rounds_len as u64);
+        let spec = ScenarioSpec {
+            requests,
+            users: self.users * requests.div_ceil(rounds_len),
+            stock_per_item: (stock as i64).max(1),
+            ..self.clone()
+        };
+        (spec, attempts)
+    }
+
     /// Units on sale in total.
     pub fn stock_total(&self) -> i64 {
         self.stock_per_item * self.items.max(1) as i64
@@ -133,6 +164,22 @@ mod tests {
             "{per_user:?}"
         );
         assert!(per_user.len() >= 900, "most users take part");
+    }
+
+    #[test]
+    fn a_scaled_sale_keeps_its_share_of_stock_and_its_first_round() {
+        let s = spec(ScenarioKind::Hot);
+        let (same, attempts) = s.scaled(3000);
+        assert_eq!(attempts, s.attempts());
+        assert_eq!(same.stock_per_item, 5);
+        let (grown, attempts) = s.scaled(7500);
+        assert_eq!(attempts.len(), 7500);
+        assert_eq!(grown.stock_per_item, 13, "5 × 2.5, rounded up");
+        assert_eq!(attempts[..3000], s.attempts()[..]);
+        assert_eq!(attempts[3000].user, format!("{}-r1", attempts[0].user));
+        assert_eq!(attempts[6000].user, format!("{}-r2", attempts[0].user));
+        let (cut, _) = s.scaled(300);
+        assert_eq!(cut.stock_per_item, 1);
     }
 
     #[test]

@@ -45,6 +45,7 @@ pub(super) async fn run(
             Arc::clone(attempts),
             rx.clone(),
             Arc::clone(&recorders),
+            started,
         ));
     }
     let samples = sample_windows(path, started, deadline, settings.sample_every, &recorders).await;
@@ -79,6 +80,7 @@ async fn client(
     attempts: Arc<Vec<Attempt>>,
     rx: async_channel::Receiver<usize>,
     recorders: Arc<Recorders>,
+    started: Instant,
 ) {
     while let Ok(i) = rx.recv().await {
         let attempt = &attempts[i % attempts.len()];
@@ -96,7 +98,7 @@ async fn client(
             .overall
             .lock()
             .expect("overall")
-            .record(answer, latency);
+            .record_at(answer, latency, started.elapsed());
     }
 }
 

@@ -8,12 +8,23 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use super::answer::Answer;
+use super::timeline::Timeline;
+
+/// How late a request may be sent after it was due before it counts as sent late (the
+/// timer's own granularity is a millisecond).
+pub const LATE_AFTER: Duration = Duration::from_millis(10);
 
 /// Latency recorder; values in microseconds, 3 significant digits, up to 10 minutes.
 #[derive(Debug, Clone)]
 pub struct Recorder {
     histogram: Histogram<u64>,
     counts: HashMap<Answer, u64>,
+    /// The same answers second by second, for those recorded with their time.
+    timeline: Timeline,
+    /// Open model: requests sent more than [`LATE_AFTER`] after they were due.
+    sent_late: u64,
+    /// When the last answer came, since the run started.
+    last_answer: Duration,
 }
 
 impl Default for Recorder {
@@ -21,6 +32,9 @@ impl Default for Recorder {
         Self {
             histogram: Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"),
             counts: HashMap::new(),
+            timeline: Timeline::default(),
+            sent_late: 0,
+            last_answer: Duration::ZERO,
         }
     }
 }
@@ -28,9 +42,35 @@ impl Default for Recorder {
 impl Recorder {
     /// Records one request: what its client was told, and how long it waited.
     pub fn record(&mut self, answer: Answer, latency: Duration) {
-        let micros = (latency.as_micros() as u64).clamp(1, 600_000_000);
-        self.histogram.record(micros).expect("clamped into bounds");
+        self.histogram
+            .record(micros(latency))
+            .expect("clamped into bounds");
         *self.counts.entry(answer).or_default() += 1;
+    }
+
+    /// Records one request answered `at` after the run started, into the timeline too.
+    pub fn record_at(&mut self, answer: Answer, latency: Duration, at: Duration) {
+        self.record(answer, latency);
+        self.timeline.record(at, micros(latency));
+        self.last_answer = self.last_answer.max(at);
+    }
+
+    /// Counts one request sent late (open model).
+    pub fn sent_late(&mut self) {
+        self.sent_late += 1;
+    }
+
+    pub fn late(&self) -> u64 {
+        self.sent_late
+    }
+
+    /// When the last answer came, since the run started.
+    pub fn last_answer(&self) -> Duration {
+        self.last_answer
+    }
+
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     pub fn merge(&mut self, other: &Recorder) {
@@ -38,6 +78,9 @@ impl Recorder {
         for (answer, n) in &other.counts {
             *self.counts.entry(*answer).or_default() += n;
         }
+        self.timeline.merge(&other.timeline);
+        self.sent_late += other.sent_late;
+        self.last_answer = self.last_answer.max(other.last_answer);
     }
 
     pub fn total(&self) -> u64 {
@@ -55,6 +98,7 @@ impl Recorder {
             p50_ms: ms(0.50),
             p95_ms: ms(0.95),
             p99_ms: ms(0.99),
+            p99_9_ms: ms(0.999),
             max_ms: self.histogram.max() as f64 / 1000.0,
             mean_ms: self.histogram.mean() / 1000.0,
         }
@@ -74,13 +118,20 @@ impl Recorder {
     }
 }
 
+/// Latency percentiles from the HDR histogram, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct Latency {
     pub p50_ms: f64,
     pub p95_ms: f64,
     pub p99_ms: f64,
+    pub p99_9_ms: f64,
     pub max_ms: f64,
     pub mean_ms: f64,
+}
+
+/// The histogram's value, microseconds, clamped into its bounds.
+fn micros(latency: Duration) -> u64 {
+    (latency.as_micros() as u64).clamp(1, 600_000_000)
 }
 
 /// Decisions per second over a wall-clock span.
@@ -113,6 +164,7 @@ mod tests {
         assert!((l.p50_ms - 50.0).abs() < 0.1, "{l:?}");
         assert!((l.p99_ms - 99.0).abs() < 0.1, "{l:?}");
         assert!((l.max_ms - 100.0).abs() < 0.1, "{l:?}");
+        assert!(l.p99_ms <= l.p99_9_ms && l.p99_9_ms <= l.max_ms, "{l:?}");
         assert_eq!(r.total(), 100);
         assert_eq!(
             (
@@ -139,6 +191,32 @@ mod tests {
         assert_eq!(cdf.len(), 5);
         assert!(cdf.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 < w[1].1));
         assert_eq!(cdf.last().unwrap().1, 1.0);
+    }
+
+    #[test]
+    fn timed_answers_fill_the_timeline_and_late_sends_add_up() {
+        let mut a = Recorder::default();
+        a.record_at(
+            PURCHASED,
+            Duration::from_millis(5),
+            Duration::from_millis(1500),
+        );
+        a.sent_late();
+        let mut b = Recorder::default();
+        b.record_at(
+            SOLD_OUT,
+            Duration::from_millis(5),
+            Duration::from_millis(300),
+        );
+        b.sent_late();
+        a.merge(&b);
+        assert_eq!(a.late(), 2);
+        assert_eq!(a.last_answer(), Duration::from_millis(1500));
+        let seconds = a.timeline().seconds();
+        assert_eq!(
+            seconds.iter().map(|s| s.answered).collect::<Vec<_>>(),
+            [1, 1]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What a run found, path by path: the decisions the database holds, the audit's verdict, the
-//! latency the clients saw. This is what `results.json` holds and the report shows.
+//! latency the clients saw. This is what `results.json` holds (its layout, versioned by
+//! [`FORMAT_VERSION`], is documented in `docs/BENCHMARKS.md`) and the report shows.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -8,24 +9,46 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::answer::Answer;
-use super::args::Via;
+use super::args::{Load, Via};
 use super::ceiling::Ceilings;
 use super::environment::Environment;
 use super::row::BenchPath;
 use super::scenario::ScenarioSpec;
 use super::stats::{self, Latency, Recorder};
+use super::sweep::Curve;
+use super::timeline::Second;
 use crate::audit::{self, ItemAudit};
 use crate::domain::Status;
 
+/// The version of `results.json`'s layout: raised when a field changes meaning or goes away
+/// (adding one does not). 1 had no `format_version`.
+pub const FORMAT_VERSION: u32 = 2;
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchResults {
+    /// [`FORMAT_VERSION`].
+    pub format_version: u32,
+    /// What the run shows, in one sentence derived from it (see [`super::headline`]).
+    pub headline: String,
     pub started_at: String,
+    /// The command line that ran it, as typed (arguments shell-quoted).
+    pub command_line: String,
     pub scenario: ScenarioSpec,
     pub via: Via,
+    /// Closed-loop clients (`--concurrency`), also with the open model (`--rate`).
     pub concurrency: usize,
+    /// How the comparison's clients sent: a closed loop or an offered rate.
+    pub load: Load,
+    /// The p99 bound of the sweep and the headline, ms.
+    pub slo_p99_ms: f64,
     pub environment: Environment,
     pub ceilings: Ceilings,
+    /// One row per path; with `--sweep`, each path's highest step that met the bound (or its
+    /// first step if none did).
     pub paths: Vec<PathResult>,
+    /// `--sweep` only: each path's steps.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<Curve>,
 }
 
 impl BenchResults {
@@ -44,11 +67,19 @@ pub struct PathResult {
     pub path: BenchPath,
     pub requests: u64,
     pub elapsed_s: f64,
+    /// Open model: requests per second offered on the schedule (`None`: a closed loop).
+    pub offered_per_s: Option<f64>,
+    /// Requests answered (not failed) per second, from the start to the last answer.
+    pub achieved_per_s: f64,
     /// Decisions stored per second, from the first request sent to the last decision stored.
     pub decided_per_s: f64,
+    /// Orders (units sold) per second over the same span: bounded by the stock, not a speed.
     pub orders_per_s: f64,
-    /// Latency as the client saw it (to the decision; with `?wait` for the queue path).
+    /// Latency as the client saw it (to the decision; with `?wait` for the queue path); in the
+    /// open model from when each request was due.
     pub latency: Latency,
+    /// Open model: requests sent more than 10 ms after they were due (every slot in flight).
+    pub sent_late: u64,
     pub outcomes: OutcomeCounts,
     pub orders: i64,
     pub stock_total: i64,
@@ -57,6 +88,8 @@ pub struct PathResult {
     pub audit: Verdict,
     /// (ms, fraction) points of the latency CDF.
     pub cdf: Vec<(f64, f64)>,
+    /// Per second since the start: answers and their latency.
+    pub timeline: Vec<Second>,
     /// Soak mode only: one sample per window.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub soak: Vec<SoakSample>,
@@ -143,10 +176,15 @@ pub(super) async fn summarize(
         anyhow::bail!("item {item} vanished");
     }
     let orders = audits.iter().map(|a| a.orders).sum();
+    let answered = recorder.total() - outcomes.error;
     Ok(PathResult {
         path,
         requests: recorder.total(),
         elapsed_s: elapsed.as_secs_f64(),
+        offered_per_s: None,
+        achieved_per_s: stats::rate(answered, recorder.last_answer()),
+        sent_late: recorder.late(),
+        timeline: recorder.timeline().seconds(),
         decided_per_s: stats::rate(outcomes.decided(), elapsed),
         orders_per_s: stats::rate(orders as u64, elapsed),
         latency: recorder.latency(),

@@ -1,0 +1,290 @@
+//! The report's charts as inline SVG (no script, no CDN: the page is one file that opens
+//! anywhere): bars, and lines on linear or logarithmic axes with a legend. Each path keeps one
+//! colour in every chart.
+
+use std::fmt::Write as _;
+
+use super::row::BenchPath;
+
+/// One colour per row of [`BenchPath::all`], in order, told apart on a white page.
+const COLORS: &[&str] = &[
+    "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4",
+    "#b15928", "#6a3d9a", "#fb9a99", "#444444", "#17becf",
+];
+
+/// The colour of a path, the same in every chart.
+pub fn color(path: BenchPath) -> &'static str {
+    let index = BenchPath::all()
+        .iter()
+        .position(|p| *p == path)
+        .unwrap_or(COLORS.len() - 1);
+    COLORS[index % COLORS.len()]
+}
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// Horizontal bars, one per path.
+pub fn bars(title: &str, unit: &str, rows: &[(BenchPath, f64)]) -> String {
+    let (width, label_w, row_h) = (760.0, 120.0, 22.0);
+    let max = rows
+        .iter()
+        .map(|(_, v)| *v)
+        .fold(0.0_f64, f64::max)
+        .max(1e-9);
+    let height = row_h * rows.len() as f64 + 34.0;
+    let mut svg = format!(
+        r#"<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text>"#,
+        escape(title)
+    );
+    for (i, (path, value)) in rows.iter().enumerate() {
+        let y = 26.0 + i as f64 * row_h;
+        let w = (width - label_w - 130.0) * value / max;
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{}</text><rect x="{label_w}" y="{y}" width="{w:.1}" height="{}" fill="{}"/><text x="{}" y="{}">{value:.1} {}</text>"#,
+            label_w - 6.0,
+            y + 14.0,
+            escape(path.as_str()),
+            row_h - 5.0,
+            color(*path),
+            label_w + w + 6.0,
+            y + 14.0,
+            escape(unit)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// An axis of a line chart.
+pub struct Axis {
+    pub label: &'static str,
+    pub log: bool,
+}
+
+/// One line: a path's points, drawn with a dot at each when `dots`.
+pub struct Series {
+    pub path: BenchPath,
+    pub points: Vec<(f64, f64)>,
+    pub dots: bool,
+}
+
+/// The span an axis shows and how a value maps into it (0 to 1).
+struct Scale {
+    lo: f64,
+    hi: f64,
+    log: bool,
+}
+
+impl Scale {
+    fn of(values: impl Iterator<Item = f64>, log: bool) -> Scale {
+        let values: Vec<f64> = values
+            .filter(|v| v.is_finite() && (!log || *v > 0.0))
+            .collect();
+        let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = values.iter().copied().fold(0.0_f64, f64::max);
+        if log {
+            let lo = if min.is_finite() {
+                min.log10().floor()
+            } else {
+                0.0
+            };
+            let hi = max.max(10f64.powf(lo + 1.0)).log10().ceil();
+            Scale { lo, hi, log }
+        } else {
+            Scale {
+                lo: 0.0,
+                hi: nice_ceiling(max),
+                log,
+            }
+        }
+    }
+
+    fn fraction(&self, v: f64) -> f64 {
+        if self.log {
+            (v.max(10f64.powf(self.lo)).log10() - self.lo) / (self.hi - self.lo).max(1e-9)
+        } else {
+            (v - self.lo) / (self.hi - self.lo).max(1e-9)
+        }
+    }
+
+    /// Where the grid lines go: each power of ten (log), or five even steps.
+    fn ticks(&self) -> Vec<f64> {
+        if self.log {
+            (self.lo as i32..=self.hi as i32)
+                .map(|d| 10f64.powi(d))
+                .collect()
+        } else {
+            (0..=5).map(|i| self.hi * f64::from(i) / 5.0).collect()
+        }
+    }
+}
+
+/// The smallest 1, 2 or 5 × 10ⁿ at or above `v`.
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 {
+        return 1.0;
+    }
+    let decade = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0]
+        .into_iter()
+        .map(|m| m * decade)
+        .find(|c| *c >= v)
+        .unwrap_or(10.0 * decade)
+}
+
+fn tick_label(v: f64) -> String {
+    if v >= 1000.0 {
+        format!("{}k", v / 1000.0)
+    } else if v >= 1.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Lines on two axes, a legend on the right, and an optional dashed horizontal bound.
+pub fn lines(
+    title: &str,
+    x: Axis,
+    y: Axis,
+    series: &[Series],
+    bound: Option<(f64, &str)>,
+) -> String {
+    let (w, h, left, top, plot_w, plot_h) = (900.0, 360.0, 60.0, 30.0, 660.0, 280.0);
+    let xs = Scale::of(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
+        x.log,
+    );
+    let bound_y = bound.map(|b| b.0);
+    let ys = Scale::of(
+        series
+            .iter()
+            .flat_map(|s| s.points.iter().map(|p| p.1))
+            .chain(bound_y),
+        y.log,
+    );
+    let px = |v: f64| left + plot_w * xs.fraction(v);
+    let py = |v: f64| top + plot_h * (1.0 - ys.fraction(v));
+    let mut svg = format!(
+        r##"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text><rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>"##,
+        escape(title)
+    );
+    for t in xs.ticks() {
+        let _ = write!(
+            svg,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{1}" stroke="#eee"/><text x="{0:.1}" y="{2}" text-anchor="middle">{3}</text>"##,
+            px(t),
+            top + plot_h,
+            top + plot_h + 16.0,
+            tick_label(t)
+        );
+    }
+    for t in ys.ticks() {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+            left + plot_w,
+            py(t),
+            left - 5.0,
+            py(t) + 4.0,
+            tick_label(t)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">{}</text>"#,
+        left + plot_w / 2.0,
+        top + plot_h + 34.0,
+        escape(x.label),
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(y.label)
+    );
+    if let Some((v, label)) = bound {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#c00" stroke-dasharray="6 4"/><text x="{0}" y="{2:.1}" text-anchor="end" fill="#c00">{3}</text>"##,
+            left + plot_w,
+            py(v),
+            py(v) - 4.0,
+            escape(label)
+        );
+    }
+    for (i, s) in series.iter().enumerate() {
+        let c = color(s.path);
+        let points: Vec<String> = s
+            .points
+            .iter()
+            .filter(|p| (!x.log || p.0 > 0.0) && (!y.log || p.1 > 0.0))
+            .map(|p| format!("{:.1},{:.1}", px(p.0), py(p.1)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2" points="{}"/>"#,
+            points.join(" ")
+        );
+        if s.dots {
+            for p in &points {
+                let (cx, cy) = p.split_once(',').expect("x,y");
+                let _ = write!(svg, r#"<circle cx="{cx}" cy="{cy}" r="3" fill="{c}"/>"#);
+            }
+        }
+        let ly = top + 8.0 + 16.0 * i as f64;
+        let _ = write!(
+            svg,
+            r#"<line x1="{0}" x2="{1}" y1="{ly}" y2="{ly}" stroke="{c}" stroke-width="3"/><text x="{2}" y="{3}">{4}</text>"#,
+            left + plot_w + 14.0,
+            left + plot_w + 34.0,
+            left + plot_w + 40.0,
+            ly + 4.0,
+            escape(s.path.as_str())
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scales_round_out_and_every_path_has_a_colour_of_its_own() {
+        assert_eq!(nice_ceiling(730.0), 1000.0);
+        assert_eq!(nice_ceiling(130.0), 200.0);
+        let log = Scale::of([3.0, 420.0].into_iter(), true);
+        assert_eq!((log.lo, log.hi), (0.0, 3.0));
+        assert!((log.fraction(10.0) - 1.0 / 3.0).abs() < 1e-9);
+        let colors: std::collections::HashSet<_> =
+            BenchPath::all().into_iter().map(color).collect();
+        assert_eq!(colors.len(), BenchPath::all().len());
+    }
+
+    #[test]
+    fn a_chart_names_every_series() {
+        let series = [Series {
+            path: BenchPath::QUEUE,
+            points: vec![(1.0, 5.0), (2.0, 7.0)],
+            dots: true,
+        }];
+        let svg = lines(
+            "t",
+            Axis {
+                label: "x",
+                log: false,
+            },
+            Axis {
+                label: "y",
+                log: true,
+            },
+            &series,
+            Some((500.0, "bound")),
+        );
+        assert!(svg.contains(">queue<") && svg.contains("<circle") && svg.contains("bound"));
+    }
+}
