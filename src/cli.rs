@@ -105,8 +105,9 @@ pub enum Command {
     Bench {
         #[command(subcommand)]
         action: Option<crate::bench::BenchCommand>,
+        /// Boxed: the bench's flags would make every command as large as this one.
         #[command(flatten)]
-        bench: crate::bench::BenchArgs,
+        bench: Box<crate::bench::BenchArgs>,
         #[command(flatten)]
         database: DatabaseArgs,
         #[command(flatten)]
@@ -223,7 +224,7 @@ impl Command {
                 consumer,
                 paths,
             } => {
-                let results = crate::bench::run(database, broker, consumer, paths, bench).await?;
+                let results = crate::bench::run(database, broker, consumer, paths, *bench).await?;
                 Ok(results.safe_paths_audit_clean().into())
             }
             #[cfg(feature = "bench")]
