@@ -208,9 +208,10 @@ pub fn lines(
     if let Some((v, label)) = bound {
         let _ = write!(
             svg,
-            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#c00" stroke-dasharray="6 4"/><text x="{0}" y="{2:.1}" text-anchor="end" fill="#c00">{3}</text>"##,
+            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#c00" stroke-dasharray="6 4"/><text x="{2}" y="{3:.1}" fill="#c00">{4}</text>"##,
             left + plot_w,
             py(v),
+            left + 6.0,
             py(v) - 4.0,
             escape(label)
         );

@@ -78,6 +78,8 @@ pub(super) async fn drive(
         workers.spawn(async move {
             while let Some(attempt) = attempts.get(next.fetch_add(1, Ordering::Relaxed)) {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
+                    // Every attempt counts as taken, so the re-senders stop too.
+                    next.store(attempts.len(), Ordering::Relaxed);
                     break;
                 }
                 let sent = Instant::now();

@@ -11,7 +11,7 @@ use super::summary::{BenchResults, PathResult};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}\
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}\
-td:first-child,th:first-child{text-align:left}tr.bad td{background:#fde0e0}\
+td:first-child,th:first-child{text-align:left;white-space:nowrap}tr.bad td{background:#fde0e0}\
 .headline{font-size:18px;background:#eef6ee;border-left:6px solid #1b9e77;padding:.8em 1em;margin:1em 0}\
 .headline.bad{background:#fdecec;border-color:#c00}svg{display:block;margin:1.5em 0;font-size:12px}\
 pre{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}dt{font-weight:bold;margin-top:.3em}\
@@ -32,11 +32,11 @@ pub fn page(results: &BenchResults) -> String {
         run_line(results)
     );
     body.push_str(&path_table(&results.paths));
-    body.push_str(&columns());
     body.push_str(&curve(results));
     body.push_str(&comparison_bars(&results.paths));
     body.push_str(&timelines(&results.paths));
     body.push_str(&cdf(&results.paths));
+    body.push_str(&columns());
     body.push_str(&environment(results));
     let _ = write!(
         body,
@@ -60,12 +60,24 @@ fn run_line(results: &BenchResults) -> String {
         s.users,
         s.stock_per_item,
         s.items,
-        escape(&load_text(results.load)),
+        escape(&load_of(results)),
         results.via,
         s.seed,
         escape(&results.started_at),
         escape(&results.command_line)
     )
+}
+
+/// How the clients sent, in words.
+fn load_of(results: &BenchResults) -> String {
+    if results.sweep.is_empty() {
+        load_text(results.load)
+    } else {
+        format!(
+            "open model at a rising rate, step by step, to each path's knee (p99 ≤ {:.0} ms)",
+            results.slo_p99_ms
+        )
+    }
 }
 
 /// The table, a row per path, red where the audit found a violation.
@@ -116,7 +128,9 @@ fn path_table(paths: &[PathResult]) -> String {
 
 /// What every column means.
 fn columns() -> String {
-    let mut dl = String::from("<details open><summary>What the columns mean</summary><dl>");
+    let mut dl = String::from(
+        "<h2>What the columns mean</h2><details open><summary>every column of the table</summary><dl>",
+    );
     for (name, meaning) in COLUMNS {
         let _ = write!(dl, "<dt>{}</dt><dd>{}</dd>", escape(name), escape(meaning));
     }
@@ -193,7 +207,7 @@ fn timelines(paths: &[PathResult]) -> String {
     format!(
         "<h2>Second by second</h2><p>Each path's measured run from its first request: a dip \
          in the rate with a rise in p99 is a stall (a lock convoy, a broker pause, a batch \
-         redone). The last second of each run may be partial.</p>{}{}",
+         redone). A run's last second counts for the part of it the run covered.</p>{}{}",
         lines(
             "Requests answered per second",
             Axis {
@@ -204,7 +218,7 @@ fn timelines(paths: &[PathResult]) -> String {
                 label: "answered/s (log)",
                 log: true
             },
-            &series(|s| s.answered as f64),
+            &series(|s| s.answered as f64 / s.covered_s),
             None,
         ),
         lines(
@@ -255,7 +269,8 @@ fn cdf(paths: &[PathResult]) -> String {
 fn environment(results: &BenchResults) -> String {
     let e = &results.environment;
     let s = &e.settings;
-    let rows: [(&str, String); 16] = [
+    let rows: [(&str, String); 17] = [
+        ("load", load_of(results)),
         ("cores", e.cores.to_string()),
         ("memory", format!("{} MiB", e.memory_mib)),
         ("os", e.os.clone()),

@@ -81,9 +81,16 @@ pub async fn run(
     let soak = args.soak();
     let sweep = args.sweep();
     let length = args.run_length();
+    let load = match &sweep {
+        Some(s) => format!(
+            "open model at a rising rate (at most {} in flight)",
+            s.in_flight_max
+        ),
+        None => report::load_text(bench.load),
+    };
     eprintln!(
         "{}",
-        report::intro(&spec, bench.load, &length_text(length, &args), args.via)
+        report::intro(&spec, &load, &length_text(length, &args), args.via)
     );
     let (results, curves, mut all_items) = match &sweep {
         Some(settings) => {

@@ -25,18 +25,11 @@ pub fn progress_bar(path: BenchPath, total: u64) -> ProgressBar {
 }
 
 /// The line that opens a run: what it sends, and how.
-pub fn intro(spec: &ScenarioSpec, load: Load, length: &str, via: Via) -> String {
+pub fn intro(spec: &ScenarioSpec, load: &str, length: &str, via: Via) -> String {
     format!(
         "seckill bench: {:?} scenario ({} requests from {} users for stock {} × {} item(s), \
-         grown with the run), {length} per path, {}, via {:?}, seed {}",
-        spec.kind,
-        spec.requests,
-        spec.users,
-        spec.stock_per_item,
-        spec.items,
-        load_text(load),
-        via,
-        spec.seed
+         grown with the run), {length} per path, {load}, via {:?}, seed {}",
+        spec.kind, spec.requests, spec.users, spec.stock_per_item, spec.items, via, spec.seed
     )
 }
 
@@ -246,8 +239,12 @@ fn sweep_lines(out: &mut String, results: &BenchResults) {
     }
 }
 
-/// The queue path against itself without shedding, and against `pessimistic`.
+/// The queue path against itself without shedding, and against `pessimistic` — in a closed
+/// loop only: offered a rate, every path that keeps up decides just that rate.
 fn comparison_lines(out: &mut String, paths: &[PathResult]) {
+    if paths.iter().any(|r| r.offered_per_s.is_some()) {
+        return;
+    }
     let queue = find(paths, BenchPath::QUEUE);
     if let (Some(q), Some(u)) = (queue, find(paths, BenchPath::QueueNoShed))
         && u.decided_per_s > 0.0

@@ -69,8 +69,9 @@ impl Recorder {
         self.last_answer
     }
 
-    pub fn timeline(&self) -> &Timeline {
-        &self.timeline
+    /// The run second by second, up to the last answer.
+    pub fn seconds(&self) -> Vec<super::timeline::Second> {
+        self.timeline.seconds(self.last_answer)
     }
 
     pub fn merge(&mut self, other: &Recorder) {
@@ -212,7 +213,7 @@ mod tests {
         a.merge(&b);
         assert_eq!(a.late(), 2);
         assert_eq!(a.last_answer(), Duration::from_millis(1500));
-        let seconds = a.timeline().seconds();
+        let seconds = a.seconds();
         assert_eq!(
             seconds.iter().map(|s| s.answered).collect::<Vec<_>>(),
             [1, 1]

@@ -184,7 +184,7 @@ pub(super) async fn summarize(
         offered_per_s: None,
         achieved_per_s: stats::rate(answered, recorder.last_answer()),
         sent_late: recorder.late(),
-        timeline: recorder.timeline().seconds(),
+        timeline: recorder.seconds(),
         decided_per_s: stats::rate(outcomes.decided(), elapsed),
         orders_per_s: stats::rate(orders as u64, elapsed),
         latency: recorder.latency(),

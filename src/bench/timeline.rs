@@ -17,13 +17,15 @@ pub struct Timeline {
     seconds: Vec<Histogram<u64>>,
 }
 
-/// One second of a run.
+/// One second of a run: `answered / covered_s` is its rate.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Second {
     /// Seconds since the run started, at the end of this second.
     pub t_s: u64,
-    /// Requests answered in this second (the achieved rate, per second).
+    /// Requests answered in this second.
     pub answered: u64,
+    /// How much of this second the run covered: 1 but for its last, partial second.
+    pub covered_s: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
 }
@@ -51,15 +53,22 @@ impl Timeline {
         }
     }
 
-    /// Every second from the start to the last answer (a second without answers reads 0).
-    pub fn seconds(&self) -> Vec<Second> {
+    /// Every second from the start to the last answer, given `end` (a second without answers
+    /// reads 0).
+    pub fn seconds(&self, end: Duration) -> Vec<Second> {
         let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        let last = self.seconds.len().saturating_sub(1);
         self.seconds
             .iter()
             .enumerate()
             .map(|(i, h)| Second {
                 t_s: i as u64 + 1,
                 answered: h.len(),
+                covered_s: if i == last {
+                    (end.as_secs_f64() - i as f64).clamp(0.01, 1.0)
+                } else {
+                    1.0
+                },
                 p50_ms: if h.is_empty() { 0.0 } else { ms(h, 0.50) },
                 p99_ms: if h.is_empty() { 0.0 } else { ms(h, 0.99) },
             })
@@ -78,8 +87,9 @@ mod tests {
             t.record(Duration::from_millis(200), ms * 1000);
         }
         t.record(Duration::from_millis(2500), 7000);
-        let s = t.seconds();
+        let s = t.seconds(Duration::from_millis(2500));
         assert_eq!(s.len(), 3);
+        assert_eq!((s[0].covered_s, s[2].covered_s), (1.0, 0.5));
         assert_eq!((s[0].t_s, s[0].answered), (1, 100));
         assert!((s[0].p99_ms - 99.0).abs() < 1.0, "{:?}", s[0]);
         assert_eq!((s[1].answered, s[1].p99_ms), (0, 0.0));
@@ -87,6 +97,6 @@ mod tests {
         let mut other = Timeline::default();
         other.record(Duration::from_millis(3100), 1);
         t.merge(&other);
-        assert_eq!(t.seconds().len(), 4);
+        assert_eq!(t.seconds(Duration::from_millis(3100)).len(), 4);
     }
 }
