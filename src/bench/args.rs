@@ -37,7 +37,10 @@ pub struct BenchArgs {
     /// Distinct buyers (default: hot 2,500, spread 2,500, retry-storm 20).
     #[arg(long)]
     pub users: Option<usize>,
-    /// Requests per path (default: hot 5,000, spread 5,000, retry-storm 3,000).
+    /// Requests per path: given, each path's run sends exactly this many, for the stock given
+    /// (`--stock`); not given, runs are sustained (`--measure-secs`) and this is the size of one
+    /// round of the scenario (hot 5,000, spread 5,000, retry-storm 3,000), repeated with new
+    /// buyers and more stock as the run needs.
     #[arg(long)]
     pub requests: Option<usize>,
     /// Items on sale for `spread` (default 1,000).

@@ -10,7 +10,7 @@ use super::report::{COLUMNS, load_text, table, verdict};
 use super::summary::{BenchResults, PathResult};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}\
-table{border-collapse:collapse;margin:.5em 0}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}\
+table{border-collapse:collapse;margin:.5em 0;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;text-align:right}\
 td:first-child,th:first-child{text-align:left;white-space:nowrap}tr.bad td{background:#fde0e0}\
 .headline{font-size:18px;background:#eef6ee;border-left:6px solid #1b9e77;padding:.8em 1em;margin:1em 0}\
 .headline.bad{background:#fdecec;border-color:#c00}svg{display:block;margin:1.5em 0;font-size:12px}\
@@ -190,6 +190,7 @@ fn comparison_bars(paths: &[PathResult]) -> String {
 
 /// Answers per second and p99, second by second, each path from its own start.
 fn timelines(paths: &[PathResult]) -> String {
+    // A last second covering under half a second says little (a few stragglers, scaled up).
     let series = |value: fn(&super::timeline::Second) -> f64| -> Vec<Series> {
         paths
             .iter()
@@ -198,6 +199,7 @@ fn timelines(paths: &[PathResult]) -> String {
                 points: r
                     .timeline
                     .iter()
+                    .filter(|s| s.covered_s >= 0.5)
                     .map(|s| (s.t_s as f64, value(s)))
                     .collect(),
                 dots: false,
@@ -207,7 +209,8 @@ fn timelines(paths: &[PathResult]) -> String {
     format!(
         "<h2>Second by second</h2><p>Each path's measured run from its first request: a dip \
          in the rate with a rise in p99 is a stall (a lock convoy, a broker pause, a batch \
-         redone). A run's last second counts for the part of it the run covered.</p>{}{}",
+         redone). A run's last second counts for the part of it the run covered, and is left out \
+         under half a second.</p>{}{}",
         lines(
             "Requests answered per second",
             Axis {
