@@ -9,7 +9,8 @@
 //!
 //! Rooms: [`args`] (the flags), `stack` (the system under test, wired in-process), `driver`
 //! (sending the load), `path_run` (one path's run), [`summary`] (what results.json holds),
-//! [`ceiling`], [`report`] (terminal, JSON, HTML), `cleanup` and [`environment`].
+//! [`ceiling`] and `http_alone`, [`report`] (terminal, JSON, HTML), `cleanup` and
+//! [`environment`].
 
 pub mod answer;
 pub mod args;
@@ -18,6 +19,7 @@ mod cleanup;
 mod decided;
 mod driver;
 pub mod environment;
+mod http_alone;
 mod path_run;
 pub mod report;
 pub mod row;
@@ -60,19 +62,24 @@ pub async fn run(
         path_run::run_all(&bench, &paths, &spec, &attempts, soak.as_ref()).await?;
 
     let pool = &bench.stack.pool;
-    let ceilings = if args.no_ceilings || !in_process {
+    let mut ceilings = if args.no_ceilings || !in_process {
         Ceilings::default()
     } else {
         ceiling::measure(
             pool,
             &broker,
             &consumer_args,
+            args.publish,
             &spec,
             &attempts,
             &mut all_items,
         )
         .await?
     };
+    if !args.no_ceilings && args.via == Via::Http {
+        let http = http_alone::measure(&bench.http, bench.concurrency).await?;
+        ceilings.http_requests_per_s = Some(http);
+    }
     bench.stack.stop().await?;
     let results = BenchResults {
         started_at,

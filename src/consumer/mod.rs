@@ -11,6 +11,7 @@
 //! subscribes again a little later, at the back of the line, as a standby.
 
 pub mod balance;
+mod batch;
 pub mod lease;
 pub mod partition;
 pub mod sequencer;

@@ -226,7 +226,46 @@ impl TestEnv {
                     self.topology.routing_key(partition).into(),
                     BasicPublishOptions::default(),
                     &seckill::broker::message::encode(request),
-                    seckill::broker::message::request_properties(request, None),
+                    seckill::broker::message::request_properties(request.request_id, None),
+                )
+                .await
+                .expect("publish");
+        }
+        channel.wait_for_confirms().await.expect("confirms");
+    }
+
+    /// Like [`TestEnv::publish_direct`], but `per_message` requests to a message: batch
+    /// messages as `docs/PROTOCOL.md` describes them (the requests of one item, in order).
+    pub async fn publish_direct_batched(
+        &self,
+        requests: &[seckill::domain::OrderRequest],
+        per_message: usize,
+    ) {
+        use seckill::broker::message;
+        seckill::store::record_accepted(&self.pool, requests)
+            .await
+            .expect("record accepted");
+        let channel = self.channel().await;
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm_select");
+        for chunk in requests.chunks(per_message.max(1)) {
+            let partition = self.topology.partition_of(chunk[0].item_id);
+            assert!(
+                chunk
+                    .iter()
+                    .all(|r| self.topology.partition_of(r.item_id) == partition),
+                "a batch message carries one partition's requests"
+            );
+            let encoded: Vec<Vec<u8>> = chunk.iter().map(message::encode).collect();
+            channel
+                .basic_publish(
+                    self.topology.orders_exchange().into(),
+                    self.topology.routing_key(partition).into(),
+                    BasicPublishOptions::default(),
+                    &message::encode_batch(encoded.iter().map(Vec::as_slice)),
+                    message::batch_properties(None),
                 )
                 .await
                 .expect("publish");
