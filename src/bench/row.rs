@@ -17,7 +17,8 @@ pub enum BenchPath {
     /// The queue path with sold-out shedding turned off: every request goes through the broker
     /// to the decider.
     QueueNoShed,
-    /// `queue-no-shed` with one request per broker message (`SECKILL_PUBLISH_BATCH_MAX=1`).
+    /// `queue-no-shed` with one request per broker message (`SECKILL_PUBLISH_BATCH_MAX=1`, and
+    /// up to 1,000 messages awaiting their confirm).
     QueueUnbatched,
 }
 

@@ -22,6 +22,14 @@ use crate::shedding::Shedder;
 /// default).
 const SOLD_OUT_TTL_MS: u64 = 5000;
 
+/// `queue-unbatched`: one request per message, in its best form — up to 1,000 messages awaiting
+/// their confirm at once (as the publisher did before it batched), not one behind another.
+const UNBATCHED: PublishArgs = PublishArgs {
+    publish_batch_max: 1,
+    publish_batch_bytes_max: 65_536,
+    publish_in_flight_max: 1000,
+};
+
 /// What the bench drives and reads.
 pub(super) struct Stack {
     /// The database every path writes to, and the audit reads.
@@ -133,10 +141,7 @@ pub(super) async fn start(
         ..api.clone()
     };
     let unbatched = ServeArgs {
-        publish: PublishArgs {
-            publish_batch_max: 1,
-            ..args.publish
-        },
+        publish: UNBATCHED,
         ..no_shed.clone()
     };
     let no_shed = App::start(pool.clone(), only_api(no_shed), shutdown.clone()).await?;
