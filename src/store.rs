@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
 use crate::domain::{ItemId, ItemKind, ItemSpec, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, PathName};
+use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, ItemStock, PathName};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -405,16 +405,11 @@ pub enum RestockError {
 /// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
 /// units, a red packet's amount left, and the generation all this was read at (the stock and
 /// the generation come from one row, so they agree). `None` when the item does not exist.
+/// Reads every order of the item — what the consumer needs in memory to decide — so it is
+/// called once per item, when its state is not in memory; a restock re-reads only the row
+/// ([`load_item_stocks`]).
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some((stock_remaining, kind, per_user_limit, packet_remaining, generation)) =
-        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>, i64)>(
-            "SELECT stock_remaining, kind, per_user_limit, packet_remaining, generation
-             FROM items WHERE id = $1",
-        )
-        .bind(item_id)
-        .fetch_optional(pool)
-        .await?
-    else {
+    let Some(stock) = load_item_stocks(pool, &[item_id]).await?.remove(&item_id) else {
         return Ok(None);
     };
     let buyers: Vec<(String, Uuid, i64)> =
@@ -422,19 +417,47 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
             .bind(item_id)
             .fetch_all(pool)
             .await?;
-    Ok(Some(ItemState {
-        stock_remaining,
-        buyers: buyers
-            .into_iter()
-            .map(|(user, order_id, units)| (user, Holding { order_id, units }))
-            .collect(),
-        rules: ItemRules {
-            kind,
-            per_user_limit,
-        },
-        packet_remaining,
-        generation,
-    }))
+    let buyers = buyers
+        .into_iter()
+        .map(|(user, order_id, units)| (user, Holding { order_id, units }))
+        .collect();
+    Ok(Some(ItemState::from_parts(stock, buyers)))
+}
+
+/// The row of each of `item_ids` that exists, as the consumer's state holds it: everything but
+/// the buyers ([`ItemStock`]). One indexed read for any number of items, none for no item; what
+/// a consumer re-reads of an item that was restocked, whose orders did not change.
+pub async fn load_item_stocks(
+    pool: &PgPool,
+    item_ids: &[ItemId],
+) -> sqlx::Result<HashMap<ItemId, ItemStock>> {
+    if item_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(ItemId, i64, ItemKind, i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT id, stock_remaining, kind, per_user_limit, packet_remaining, generation
+         FROM items WHERE id = ANY($1)",
+    )
+    .bind(item_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, stock_remaining, kind, per_user_limit, packet_remaining, generation)| {
+                let stock = ItemStock {
+                    stock_remaining,
+                    rules: ItemRules {
+                        kind,
+                        per_user_limit,
+                    },
+                    packet_remaining,
+                    generation,
+                };
+                (id, stock)
+            },
+        )
+        .collect())
 }
 
 /// The right of one consumer to commit a partition's decisions: the partition queue's name and
