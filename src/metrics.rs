@@ -62,8 +62,9 @@ pub struct ConsumerMetrics {
     /// Items whose state the consumer holds in memory (all partitions of this process).
     pub items_in_memory: IntGauge,
     pub items_evicted: IntCounter,
-    /// Item states loaded from the database: first use, after eviction, a restock, a failed
-    /// commit. A steady sale loads its item once.
+    /// Item states loaded from the database (every order of the item read): first use, after
+    /// eviction, a failed commit. A steady sale loads its item once; a restock re-reads only the
+    /// item's row.
     pub items_loaded: IntCounter,
     /// Partitions this process's consumer is the active one on (it took the epoch and still
     /// holds the subscription). With several daemons, each should show about P/N.

@@ -356,13 +356,13 @@ async fn reply(channel: &Channel, batch: &Batch, answers: &[Outcome]) -> usize {
     replied
 }
 
-/// Drops the state of items restocked since the last batch: their next request reloads them
-/// from the database, new units included.
+/// Marks the items restocked since the last batch: their next batch re-reads their stock from
+/// the database, new units included (not their buyers: a restock writes no order).
 fn forget_restocked(restocked: &mut broadcast::Receiver<ItemId>, sequencer: &mut Sequencer) {
     loop {
         match restocked.try_recv() {
-            Ok(item_id) => sequencer.forget([item_id]),
-            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.forget_all(),
+            Ok(item_id) => sequencer.mark_restocked([item_id]),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.mark_all_restocked(),
             Err(_empty_or_closed) => return,
         }
     }
@@ -513,12 +513,13 @@ impl Decider {
 }
 
 /// Loads the state of every item of `pending` the sequencer does not know yet (those that do
-/// not exist stay unknown).
+/// not exist stay unknown), after re-reading the rows of the items marked restocked.
 async fn load_items(
     pool: &sqlx::PgPool,
     sequencer: &mut Sequencer,
     pending: &[(Place, OrderRequest)],
 ) -> sqlx::Result<()> {
+    sequencer.refresh(store::load_item_stocks(pool, &sequencer.restocked()).await?);
     let mut unknown = Vec::new();
     for (_, request) in pending {
         let item_id = request.item_id;
@@ -536,10 +537,10 @@ async fn load_items(
     Ok(())
 }
 
-/// Drops the state of every item of `pending` that is short in memory — fewer units left than
+/// Marks restocked every item of `pending` that is short in memory — fewer units left than
 /// the batch asks of it, so some of its requests would be answered `sold_out` — when a restock
-/// has been committed since the state was loaded; [`load_items`] then reloads it, new units
-/// included. This is what makes a restock sell whatever happens to its announcement: a lost
+/// has been committed since the state was loaded; [`load_items`] then re-reads its stock, new
+/// units included. This is what makes a restock sell whatever happens to its announcement: a lost
 /// `restocked` would otherwise leave the item sold out in memory for as long as demand keeps it
 /// from going idle (its `sold_out` answers re-announce it, so the API instances keep shedding it
 /// too). One indexed read for a batch's short items, at most every [`RESTOCK_CHECK_EVERY`] per
@@ -593,10 +594,10 @@ async fn forget_missed_restocks(
     for item_id in &restocked {
         tracing::info!(
             item_id,
-            "item restocked since its state was loaded; reloading it"
+            "item restocked since its state was loaded; re-reading its stock"
         );
     }
-    sequencer.forget(restocked);
+    sequencer.mark_restocked(restocked);
     Ok(())
 }
 

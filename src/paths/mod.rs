@@ -248,11 +248,13 @@ pub async fn decide_locked(
             .await?
             .ok_or(PathError::AlreadyDecided)?,
     };
-    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - $2 WHERE id = $1")
-        .bind(request.item_id)
-        .bind(request.quantity)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "UPDATE items SET stock_remaining = stock_remaining - $2, sold = sold + $2 WHERE id = $1",
+    )
+    .bind(request.item_id)
+    .bind(request.quantity)
+    .execute(&mut *tx)
+    .await?;
     record_outcome_seen(
         &mut *tx,
         path,

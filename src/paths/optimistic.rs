@@ -74,7 +74,7 @@ impl PurchasePath for Optimistic {
                 return record_outcome(&self.pool, self.name(), request, status, None).await;
             };
             let swapped = sqlx::query(
-                "UPDATE items SET stock_remaining = $3, version = version + 1
+                "UPDATE items SET stock_remaining = $3, version = version + 1, sold = sold + 1
                  WHERE id = $1 AND version = $2 AND stock_remaining > 0",
             )
             .bind(request.item_id)
