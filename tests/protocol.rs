@@ -21,27 +21,7 @@ async fn a_raw_amqp_producer_following_the_protocol_gets_its_decisions() {
     let item = env.create_item(2).await;
     let prefix = &env.broker.queue_prefix;
 
-    let connection = Connection::connect(&env.broker.amqp_url, Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    // Direct reply-to: consumed, no-ack, on the publishing channel, before publishing.
-    let mut replies = channel
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "raw-producer".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_connection, channel, mut replies) = raw_producer(&env).await;
 
     let users = ["ann", "ben", "cid", "ann"];
     let ids: Vec<Uuid> = users.iter().map(|_| Uuid::new_v4()).collect();
@@ -75,21 +55,7 @@ async fn a_raw_amqp_producer_following_the_protocol_gets_its_decisions() {
         );
     }
 
-    let mut decided: HashMap<String, Value> = HashMap::new();
-    while decided.len() < users.len() {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), replies.next())
-            .await
-            .expect("a reply within 20 s")
-            .expect("reply stream open")
-            .expect("reply");
-        let batch: Vec<Value> = serde_json::from_slice(&delivery.data).expect("a JSON array");
-        for decision in batch {
-            decided.insert(
-                decision["request_id"].as_str().unwrap().to_string(),
-                decision,
-            );
-        }
-    }
+    let decided = decisions(&mut replies, users.len()).await;
     let status = |i: usize| {
         decided[&ids[i].to_string()]["status"]
             .as_str()
@@ -119,26 +85,7 @@ async fn a_raw_batch_message_is_decided_element_by_element_and_its_bad_element_d
     let item = env.create_item(2).await;
     let prefix = &env.broker.queue_prefix;
 
-    let connection = Connection::connect(&env.broker.amqp_url, Default::default())
-        .await
-        .unwrap();
-    let channel = connection.create_channel().await.unwrap();
-    channel
-        .confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let mut replies = channel
-        .basic_consume(
-            "amq.rabbitmq.reply-to".into(),
-            "raw-batch-producer".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let (_connection, channel, mut replies) = raw_producer(&env).await;
 
     // Element 2 names a user_id with a space: invalid, whatever the others are.
     let users = ["ann", "ben", "bad user", "cid", "ann"];
@@ -170,21 +117,7 @@ async fn a_raw_batch_message_is_decided_element_by_element_and_its_bad_element_d
         .unwrap();
     assert_eq!(confirm, Confirmation::Ack(None));
 
-    let mut decided: HashMap<String, Value> = HashMap::new();
-    while decided.len() < 4 {
-        let delivery = tokio::time::timeout(Duration::from_secs(20), replies.next())
-            .await
-            .expect("replies within 20 s")
-            .expect("reply stream open")
-            .expect("reply");
-        let batch: Vec<Value> = serde_json::from_slice(&delivery.data).expect("a JSON array");
-        for decision in batch {
-            decided.insert(
-                decision["request_id"].as_str().unwrap().to_string(),
-                decision,
-            );
-        }
-    }
+    let decided = decisions(&mut replies, 4).await;
     let status = |i: usize| {
         decided[&ids[i].to_string()]["status"]
             .as_str()
@@ -237,4 +170,48 @@ async fn a_raw_batch_message_is_decided_element_by_element_and_its_bad_element_d
 
     consumer.cancel();
     env.cleanup().await;
+}
+
+/// A producer's channel as the protocol asks: confirm mode, and direct reply-to consumed
+/// (no-ack, on the publishing channel) before anything is published.
+async fn raw_producer(env: &TestEnv) -> (Connection, lapin::Channel, lapin::Consumer) {
+    let connection = Connection::connect(&env.broker.amqp_url, Default::default())
+        .await
+        .unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let replies = channel
+        .basic_consume(
+            "amq.rabbitmq.reply-to".into(),
+            "raw-producer".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    (connection, channel, replies)
+}
+
+/// The first `count` decisions the replies carry, by request id (replies are batched arrays).
+async fn decisions(replies: &mut lapin::Consumer, count: usize) -> HashMap<String, Value> {
+    let mut decided = HashMap::new();
+    while decided.len() < count {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), replies.next())
+            .await
+            .expect("a reply within 20 s")
+            .expect("reply stream open")
+            .expect("reply");
+        let batch: Vec<Value> = serde_json::from_slice(&delivery.data).expect("a JSON array");
+        for decision in batch {
+            let id = decision["request_id"].as_str().unwrap().to_string();
+            decided.insert(id, decision);
+        }
+    }
+    decided
 }

@@ -210,14 +210,7 @@ impl TestEnv {
     /// Publishes requests straight to the partition queues, like a producer without the API.
     /// Records them as accepted, as the API would, so the audit can find undecided ones.
     pub async fn publish_direct(&self, requests: &[seckill::domain::OrderRequest]) {
-        seckill::store::record_accepted(&self.pool, requests)
-            .await
-            .expect("record accepted");
-        let channel = self.channel().await;
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm_select");
+        let channel = self.record_then_confirming_channel(requests).await;
         for request in requests {
             let partition = self.topology.partition_of(request.item_id);
             channel
@@ -234,14 +227,11 @@ impl TestEnv {
         channel.wait_for_confirms().await.expect("confirms");
     }
 
-    /// Like [`TestEnv::publish_direct`], but `per_message` requests to a message: batch
-    /// messages as `docs/PROTOCOL.md` describes them (the requests of one item, in order).
-    pub async fn publish_direct_batched(
+    /// Records the requests as accepted (as the API would), then opens a channel in confirm mode.
+    async fn record_then_confirming_channel(
         &self,
         requests: &[seckill::domain::OrderRequest],
-        per_message: usize,
-    ) {
-        use seckill::broker::message;
+    ) -> Channel {
         seckill::store::record_accepted(&self.pool, requests)
             .await
             .expect("record accepted");
@@ -250,6 +240,18 @@ impl TestEnv {
             .confirm_select(Default::default())
             .await
             .expect("confirm_select");
+        channel
+    }
+
+    /// Like [`TestEnv::publish_direct`], but `per_message` requests to a message: batch
+    /// messages as `docs/PROTOCOL.md` describes them (the requests of one item, in order).
+    pub async fn publish_direct_batched(
+        &self,
+        requests: &[seckill::domain::OrderRequest],
+        per_message: usize,
+    ) {
+        use seckill::broker::message;
+        let channel = self.record_then_confirming_channel(requests).await;
         for chunk in requests.chunks(per_message.max(1)) {
             let partition = self.topology.partition_of(chunk[0].item_id);
             assert!(
