@@ -22,6 +22,7 @@
 
 pub mod advisory;
 pub mod conditional;
+pub mod lock_table;
 pub mod naive;
 pub mod optimistic;
 pub mod pessimistic;
@@ -55,6 +56,9 @@ Purchase paths (POST /orders?path=NAME):
   optimistic   version column compare-and-set, bounded jittered retries, then failed_retry
   conditional  one UPDATE ... WHERE stock_remaining > 0 plus the order, in one transaction
   advisory     pg_advisory_xact_lock per item around the decision
+  lock-table   FLAWED, seed 002's pattern: a row in a lock table is the lock, one older than
+               SECKILL_LOCK_TABLE_TTL_MS is deleted as dead and taken over; a holder slower
+               than that is overtaken while it works, and only the schema stops an oversell
   redis-lock   Redis lock per item (SET NX PX), fencing token checked by the database write
   redis-watch  WATCH/MULTI/EXEC on the Redis stock and buyer set, retried on abort
   redis-lua    one Lua script decides in Redis; compensated if the database write fails
@@ -423,6 +427,11 @@ impl Registry {
             )),
             Box::new(conditional::Conditional::new(p())),
             Box::new(advisory::Advisory::new(p())),
+            Box::new(lock_table::LockTable::new(
+                p(),
+                args.lock_table_ttl(),
+                args.lock_table_wait(),
+            )),
             Box::new(redis_lock::RedisLock::new(
                 p(),
                 redis.clone(),
@@ -472,6 +481,8 @@ mod tests {
             optimistic_retries_max: 1,
             redis_lock_ttl_ms: 100,
             redis_lock_wait_ms: 100,
+            lock_table_ttl_ms: 100,
+            lock_table_wait_ms: 100,
             redis: crate::config::RedisArgs {
                 redis_url: "redis://127.0.0.1:1".into(),
                 redis_prefix: "unit".into(),
@@ -482,6 +493,7 @@ mod tests {
         assert_eq!(registered, PathName::ALL[1..]);
         assert!(registry.get(PathName::Queue).is_none());
         assert!(HELP.contains("naive        UNSAFE"));
+        assert!(HELP.contains("lock-table   FLAWED"));
         for name in PathName::ALL {
             assert!(
                 HELP.contains(&format!("  {name} ")),
