@@ -430,6 +430,111 @@ async fn lock_table_busy_past_its_wait_answers_503_then_decides_on_retry() {
     env.cleanup().await;
 }
 
+/// A red packet of 10,000 cents in 50 shares, grabbed by 400 users (600 grabs, some users twice)
+/// through `pessimistic` and `optimistic` — seed 000's experiment — with the queue path's share
+/// rule: one share per user, none zero, and the shares paid plus the amount left make exactly
+/// the total (all of it once every share is taken); every answer carries the share stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn red_packets_on_the_lock_paths_pay_out_exactly_their_total() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let (total, shares, grabs, users) = (10_000, 50, 600, 400);
+    for path in ["pessimistic", "optimistic"] {
+        let (status, packet) = api
+            .post(
+                "/items",
+                json!({"name": path, "kind": "red_packet", "total_amount": total, "shares": shares}),
+            )
+            .await;
+        assert_eq!(status, 201, "{packet}");
+        let item = packet["id"].as_i64().unwrap();
+        let url = format!("/orders?path={path}");
+        let requests: Vec<_> = (0..grabs)
+            .map(|i| {
+                let (api, url) = (&api, &url);
+                let body = json!({"item_id": item, "user_id": format!("user-{}", i % users)});
+                async move { api.post(url, body).await }
+            })
+            .collect();
+        let started = Instant::now();
+        let answers = run_concurrently(requests, IN_FLIGHT).await;
+        let elapsed = started.elapsed();
+
+        let stored: HashMap<Uuid, i64> =
+            sqlx::query_as("SELECT request_id, amount FROM orders WHERE item_id = $1")
+                .bind(item)
+                .fetch_all(&env.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{path}: {body}");
+            *counts
+                .entry(body["status"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            if body["status"] == "purchased" {
+                let id: Uuid = body["request_id"].as_str().unwrap().parse().unwrap();
+                assert_eq!(body["amount"].as_i64(), Some(stored[&id]), "{path}: {body}");
+            } else {
+                assert!(body.get("amount").is_none(), "{path}: {body}");
+            }
+        }
+        let report = env.assert_audit_clean(item).await;
+        assert_eq!(
+            report.outcomes, grabs as i64,
+            "{path}: one outcome per grab"
+        );
+
+        let paid: Vec<(String, i64)> =
+            sqlx::query_as("SELECT user_id, amount FROM orders WHERE item_id = $1")
+                .bind(item)
+                .fetch_all(&env.pool)
+                .await
+                .unwrap();
+        assert!(
+            paid.iter().all(|(_, a)| *a >= 1),
+            "{path}: a zero share: {paid:?}"
+        );
+        let users_paid: HashSet<_> = paid.iter().map(|(u, _)| u).collect();
+        assert_eq!(users_paid.len(), paid.len(), "{path}: one share per user");
+        let (_, body) = api.get(&format!("/items/{item}")).await;
+        let paid_sum: i64 = paid.iter().map(|(_, a)| a).sum();
+        let left = body["amount_remaining"].as_i64().unwrap();
+        assert_eq!(paid_sum + left, total, "{path}: the sum is exact");
+        assert_eq!(paid.len() as i64, report.orders);
+        if path == "pessimistic" {
+            assert_eq!((report.orders, report.failed_retry), (shares, 0), "{path}");
+        } else {
+            assert!(
+                report.orders == shares || report.failed_retry > 0,
+                "{path}: fewer shares taken ({}) only when retries ran out",
+                report.orders
+            );
+        }
+        if report.orders == shares {
+            assert_eq!(
+                (paid_sum, left),
+                (total, 0),
+                "{path}: every share taken, all paid"
+            );
+        }
+        let mut sizes: Vec<i64> = paid.iter().map(|(_, a)| *a).collect();
+        sizes.sort_unstable();
+        eprintln!(
+            "{path}: {grabs} grabs of a {total}-cent packet in {shares} shares in {:.2}s: \
+             {counts:?}; shares min {:?} median {:?} max {:?}",
+            elapsed.as_secs_f64(),
+            sizes.first(),
+            sizes.get(sizes.len() / 2),
+            sizes.last()
+        );
+    }
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
 /// What Redis holds for an item: the stock counter (redis-lua, redis-watch), the buyers, and the
 /// number of tokens (redis-list).
 async fn redis_state(env: &TestEnv, item: ItemId) -> (Option<i64>, BTreeSet<String>, i64) {

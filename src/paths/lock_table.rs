@@ -28,9 +28,9 @@ use std::time::{Duration, Instant};
 use sqlx::{Acquire, PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{LockedItem, PathError, Pause, PurchasePath, decide_locked};
+use super::{PathError, Pause, PurchasePath, decide_locked, read_locked};
 use crate::backoff;
-use crate::domain::{ItemKind, OrderRequest, Outcome};
+use crate::domain::{OrderRequest, Outcome};
 use crate::sale::PathName;
 
 /// First and largest delay before a busy taker tries the lock again.
@@ -177,20 +177,9 @@ impl LockTable {
         request: &OrderRequest,
     ) -> Result<Outcome, PathError> {
         let mut tx = con.begin().await?;
-        type Row = (i64, ItemKind, i64, Option<Uuid>, Option<i64>);
-        let (stock, kind, per_user_limit, order_id, units): Row = sqlx::query_as(
-            "SELECT i.stock_remaining, i.kind, i.per_user_limit, o.id, o.quantity
-             FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
-             WHERE i.id = $1",
-        )
-        .bind(request.item_id)
-        .bind(&request.user_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(PathError::NoSuchItem)?;
+        let item = read_locked(&mut tx, request).await?;
         // The race window: a holder slower than the expiry is overtaken right here.
         self.pause.wait().await;
-        let item = LockedItem::from_row((stock, kind, per_user_limit), order_id.zip(units));
         let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)
