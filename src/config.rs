@@ -454,11 +454,33 @@ pub struct PathArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_lock_wait_ms: u64,
 
+    /// Expiry of a `lock-table` lock, in milliseconds: a lock row older than this is taken for
+    /// a dead holder's, deleted and taken over. Shorter than the work under the lock, it is
+    /// taken over from a holder that still works — two holders at once, and only the schema's
+    /// constraints (stock never negative, one order per user) between them and an oversell.
+    #[arg(long, env = "SECKILL_LOCK_TABLE_TTL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lock_table_ttl_ms: u64,
+
+    /// Longest a `lock-table` request waits for the lock, in milliseconds; then it answers 503
+    /// (nothing decided, safe to retry with the same request_id).
+    #[arg(long, env = "SECKILL_LOCK_TABLE_WAIT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub lock_table_wait_ms: u64,
+
     #[command(flatten)]
     pub redis: RedisArgs,
 }
 
 impl PathArgs {
+    pub fn lock_table_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_table_ttl_ms)
+    }
+
+    pub fn lock_table_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_table_wait_ms)
+    }
+
     pub fn redis_lock_ttl(&self) -> Duration {
         Duration::from_millis(self.redis_lock_ttl_ms)
     }

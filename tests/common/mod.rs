@@ -87,6 +87,8 @@ impl TestEnv {
             optimistic_retries_max: 8,
             redis_lock_ttl_ms: 2000,
             redis_lock_wait_ms: 30_000,
+            lock_table_ttl_ms: 2000,
+            lock_table_wait_ms: 30_000,
             redis: RedisArgs {
                 redis_url: std::env::var("REDIS_URL")
                     .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
