@@ -118,7 +118,9 @@ impl App {
     ) -> anyhow::Result<()> {
         let topology = Topology::new(broker);
         let paths = Registry::new(pool.clone(), path_args)?;
-        let publisher = Arc::new(Publisher::connect(&broker.amqp_url, topology.clone()).await?);
+        let publisher =
+            Publisher::connect(&broker.amqp_url, topology.clone(), serve.publish).await?;
+        let publisher = Arc::new(publisher);
         let announcers = Announcers::from_args(broker)?;
         let shedder = serve.sold_out_ttl().map(|ttl| {
             let shedder = Shedder::new(pool.clone(), ttl);
@@ -155,6 +157,7 @@ impl App {
             admin_token = serve.admin_token.is_some(),
             producer_token = serve.producer_token.is_some(),
             shedding = serve.sold_out_ttl().is_some(),
+            publish_batch_max = serve.publish.publish_batch_max,
             "API listening"
         );
         let serving = api::serve(listener, state.clone());

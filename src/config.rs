@@ -56,8 +56,9 @@ pub struct BrokerArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub partitions: u16,
 
-    /// Most messages one partition queue holds; past it publishes are refused (`reject-publish`)
-    /// and the API answers 503, so the earliest buyers are never the ones dropped.
+    /// Most messages one partition queue holds (a batch message counts once); past it publishes
+    /// are refused (`reject-publish`) and the API answers 503, so the earliest buyers are never
+    /// the ones dropped.
     #[arg(long, env = "SECKILL_QUEUE_LENGTH_MAX", default_value_t = 1_000_000)]
     pub queue_length_max: u32,
 
@@ -88,7 +89,8 @@ pub enum QueueType {
 /// How the consumer daemon batches.
 #[derive(Debug, Clone, Args)]
 pub struct ConsumerArgs {
-    /// Most requests decided and committed in one database transaction.
+    /// Most requests decided and committed in one database transaction. A batch message counts
+    /// its requests and is taken whole, so a batch may pass this by one message's requests.
     #[arg(long, env = "SECKILL_BATCH_SIZE_MAX", default_value_t = 500,
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub batch_size_max: u16,
@@ -98,6 +100,7 @@ pub struct ConsumerArgs {
     pub batch_linger_ms: u64,
 
     /// Unacknowledged deliveries the broker may push per partition (must be >= the batch size).
+    /// A delivery is a message: one request, or a batch of them.
     #[arg(long, env = "SECKILL_PREFETCH", default_value_t = 1000)]
     pub prefetch: u16,
 
@@ -282,6 +285,9 @@ pub struct ServeArgs {
 
     #[command(flatten)]
     pub limits: ApiLimits,
+
+    #[command(flatten)]
+    pub publish: PublishArgs,
 }
 
 impl ServeArgs {
@@ -295,6 +301,7 @@ impl ServeArgs {
             allow_public_without_token: false,
             sold_out_ttl_ms: 5000,
             limits: ApiLimits::default(),
+            publish: PublishArgs::default(),
         }
     }
 
@@ -370,6 +377,41 @@ impl Default for ApiLimits {
     }
 }
 
+/// How the API batches requests into broker messages. The broker's cost is per message, not per
+/// byte: requests for one partition that arrive while its previous messages await the broker's
+/// confirm go out together as one message (group commit, applied to publishing: no delay when the
+/// line is idle, larger messages as load grows). See `docs/PROTOCOL.md` for the batch body.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct PublishArgs {
+    /// Most requests one broker message carries. 1: one request per message, as a producer
+    /// without batching sends them.
+    #[arg(long, env = "SECKILL_PUBLISH_BATCH_MAX", default_value_t = PublishArgs::default().publish_batch_max,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub publish_batch_max: u16,
+
+    /// Most bytes of one batch message's body (a request is about 100 bytes). At most the
+    /// consumers' limit of 262,144.
+    #[arg(long, env = "SECKILL_PUBLISH_BATCH_BYTES_MAX", default_value_t = PublishArgs::default().publish_batch_bytes_max,
+          value_parser = clap::value_parser!(u32).range(4096..=262_144))]
+    pub publish_batch_bytes_max: u32,
+
+    /// Messages of one partition awaiting the broker's confirm at once; requests that come
+    /// meanwhile wait and go out together in the next message.
+    #[arg(long, env = "SECKILL_PUBLISH_IN_FLIGHT_MAX", default_value_t = PublishArgs::default().publish_in_flight_max,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub publish_in_flight_max: u16,
+}
+
+impl Default for PublishArgs {
+    fn default() -> Self {
+        Self {
+            publish_batch_max: 64,
+            publish_batch_bytes_max: 65_536,
+            publish_in_flight_max: 4,
+        }
+    }
+}
+
 /// Where Redis is, for the `redis-*` purchase paths. The connection is opened lazily: the API
 /// starts (and every other path works) without Redis.
 #[derive(Debug, Clone, Args)]
@@ -412,11 +454,33 @@ pub struct PathArgs {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub redis_lock_wait_ms: u64,
 
+    /// Expiry of a `lock-table` lock, in milliseconds: a lock row older than this is taken for
+    /// a dead holder's, deleted and taken over. Shorter than the work under the lock, it is
+    /// taken over from a holder that still works — two holders at once, and only the schema's
+    /// constraints (stock never negative, one order per user) between them and an oversell.
+    #[arg(long, env = "SECKILL_LOCK_TABLE_TTL_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    pub lock_table_ttl_ms: u64,
+
+    /// Longest a `lock-table` request waits for the lock, in milliseconds; then it answers 503
+    /// (nothing decided, safe to retry with the same request_id).
+    #[arg(long, env = "SECKILL_LOCK_TABLE_WAIT_MS", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub lock_table_wait_ms: u64,
+
     #[command(flatten)]
     pub redis: RedisArgs,
 }
 
 impl PathArgs {
+    pub fn lock_table_ttl(&self) -> Duration {
+        Duration::from_millis(self.lock_table_ttl_ms)
+    }
+
+    pub fn lock_table_wait(&self) -> Duration {
+        Duration::from_millis(self.lock_table_wait_ms)
+    }
+
     pub fn redis_lock_ttl(&self) -> Duration {
         Duration::from_millis(self.redis_lock_ttl_ms)
     }

@@ -28,6 +28,8 @@ pub struct Metrics {
     /// Publishes to the broker, by result: confirmed, refused (nack: queue full), unroutable,
     /// unavailable (no connection: not handed over), unconfirmed (it broke before the confirm).
     pub publishes: IntCounterVec,
+    /// Requests per message the API published (see `SECKILL_PUBLISH_BATCH_MAX`).
+    pub publish_batch_size: Histogram,
     /// Clients waiting (`?wait=`) for a decision now.
     pub reply_waiters: IntGauge,
     /// `?wait=` requests answered 202 at once because too many clients were waiting already.
@@ -45,7 +47,7 @@ pub struct Metrics {
 
 /// The queue consumer's metrics.
 pub struct ConsumerMetrics {
-    /// Deliveries per committed batch.
+    /// Requests per committed batch (a batch message counts its elements).
     pub batch_size: Histogram,
     /// Time from a batch's start to its commit (decide + commit, retries included).
     pub commit_latency: Histogram,
@@ -60,8 +62,9 @@ pub struct ConsumerMetrics {
     /// Items whose state the consumer holds in memory (all partitions of this process).
     pub items_in_memory: IntGauge,
     pub items_evicted: IntCounter,
-    /// Item states loaded from the database: first use, after eviction, a restock, a failed
-    /// commit. A steady sale loads its item once.
+    /// Item states loaded from the database (every order of the item read): first use, after
+    /// eviction, a failed commit. A steady sale loads its item once; a restock re-reads only the
+    /// item's row.
     pub items_loaded: IntCounter,
     /// Partitions this process's consumer is the active one on (it took the epoch and still
     /// holds the subscription). With several daemons, each should show about P/N.
@@ -82,6 +85,11 @@ pub fn get() -> &'static Metrics {
 /// milliseconds, an outage retries for long.
 const SECONDS_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Buckets of every histogram of counts (requests per message or per batch).
+const COUNT_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1000.0,
 ];
 
 /// Creates metrics and registers each in the registry, so none can be forgotten there.
@@ -159,6 +167,11 @@ impl Metrics {
                 "seckill_publishes_total",
                 "Purchase requests published to the broker, by result",
                 &["result"],
+            )?,
+            publish_batch_size: r.histogram(
+                "seckill_publish_batch_size",
+                "Purchase requests per message the API published",
+                &COUNT_BUCKETS,
             )?,
             reply_waiters: r.gauge(
                 "seckill_reply_waiters",

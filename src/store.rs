@@ -15,7 +15,7 @@ use uuid::Uuid;
 
 use crate::config::{DatabaseArgs, redact_url};
 use crate::domain::{ItemId, ItemKind, ItemSpec, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, PathName};
+use crate::sale::{BatchDecision, Holding, ItemRules, ItemState, ItemStock, PathName};
 
 /// The schema, embedded in the binary.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -99,8 +99,11 @@ pub struct Item {
     pub name: String,
     pub stock_initial: i64,
     pub stock_remaining: i64,
-    /// Units sold (summed over its orders, not stored: it cannot drift). For a red packet:
-    /// shares taken.
+    /// Units sold: the units of its orders, kept on the item's row (migration 0012) so that
+    /// reading it costs one row however many orders there are. Each writer adds what it sells
+    /// in the stock update it makes anyway (the group commit, every lock path); triggers take
+    /// off what a delete removes; `seckill audit` checks it against the orders. For a red
+    /// packet: shares taken.
     pub sold: i64,
     pub kind: ItemKind,
     /// Units one user may hold in total.
@@ -133,7 +136,7 @@ pub async fn create_item_spec(pool: &PgPool, name: &str, spec: &ItemSpec) -> sql
         "INSERT INTO items (name, stock_initial, stock_remaining, kind, per_user_limit,
                             packet_total, packet_remaining)
          VALUES ($1, $2, $2, $3, $4, $5, $5)
-         RETURNING id, name, stock_initial, stock_remaining, 0::bigint AS sold, kind,
+         RETURNING id, name, stock_initial, stock_remaining, sold, kind,
                    per_user_limit, packet_total AS total_amount,
                    packet_remaining AS amount_remaining",
     )
@@ -146,14 +149,13 @@ pub async fn create_item_spec(pool: &PgPool, name: &str, spec: &ItemSpec) -> sql
     .await
 }
 
+/// The item as the API shows it: one primary-key read of its row (`sold` is stored there), the
+/// same cost at one order as at ten million.
 pub async fn get_item(pool: &PgPool, id: ItemId) -> sqlx::Result<Option<Item>> {
     sqlx::query_as(
-        "SELECT i.id, i.name, i.stock_initial, i.stock_remaining,
-                (SELECT coalesce(sum(o.quantity), 0)::bigint FROM orders o WHERE o.item_id = i.id)
-                    AS sold,
-                i.kind, i.per_user_limit, i.packet_total AS total_amount,
-                i.packet_remaining AS amount_remaining
-         FROM items i WHERE i.id = $1",
+        "SELECT id, name, stock_initial, stock_remaining, sold, kind, per_user_limit,
+                packet_total AS total_amount, packet_remaining AS amount_remaining
+         FROM items WHERE id = $1",
     )
     .bind(id)
     .fetch_optional(pool)
@@ -403,16 +405,11 @@ pub enum RestockError {
 /// Rebuilds what the queue consumer knows of an item: stock left, its limit, who bought how many
 /// units, a red packet's amount left, and the generation all this was read at (the stock and
 /// the generation come from one row, so they agree). `None` when the item does not exist.
+/// Reads every order of the item — what the consumer needs in memory to decide — so it is
+/// called once per item, when its state is not in memory; a restock re-reads only the row
+/// ([`load_item_stocks`]).
 pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Option<ItemState>> {
-    let Some((stock_remaining, kind, per_user_limit, packet_remaining, generation)) =
-        sqlx::query_as::<_, (i64, ItemKind, i64, Option<i64>, i64)>(
-            "SELECT stock_remaining, kind, per_user_limit, packet_remaining, generation
-             FROM items WHERE id = $1",
-        )
-        .bind(item_id)
-        .fetch_optional(pool)
-        .await?
-    else {
+    let Some(stock) = load_item_stocks(pool, &[item_id]).await?.remove(&item_id) else {
         return Ok(None);
     };
     let buyers: Vec<(String, Uuid, i64)> =
@@ -420,19 +417,47 @@ pub async fn load_item_state(pool: &PgPool, item_id: ItemId) -> sqlx::Result<Opt
             .bind(item_id)
             .fetch_all(pool)
             .await?;
-    Ok(Some(ItemState {
-        stock_remaining,
-        buyers: buyers
-            .into_iter()
-            .map(|(user, order_id, units)| (user, Holding { order_id, units }))
-            .collect(),
-        rules: ItemRules {
-            kind,
-            per_user_limit,
-        },
-        packet_remaining,
-        generation,
-    }))
+    let buyers = buyers
+        .into_iter()
+        .map(|(user, order_id, units)| (user, Holding { order_id, units }))
+        .collect();
+    Ok(Some(ItemState::from_parts(stock, buyers)))
+}
+
+/// The row of each of `item_ids` that exists, as the consumer's state holds it: everything but
+/// the buyers ([`ItemStock`]). One indexed read for any number of items, none for no item; what
+/// a consumer re-reads of an item that was restocked, whose orders did not change.
+pub async fn load_item_stocks(
+    pool: &PgPool,
+    item_ids: &[ItemId],
+) -> sqlx::Result<HashMap<ItemId, ItemStock>> {
+    if item_ids.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let rows: Vec<(ItemId, i64, ItemKind, i64, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT id, stock_remaining, kind, per_user_limit, packet_remaining, generation
+         FROM items WHERE id = ANY($1)",
+    )
+    .bind(item_ids)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(id, stock_remaining, kind, per_user_limit, packet_remaining, generation)| {
+                let stock = ItemStock {
+                    stock_remaining,
+                    rules: ItemRules {
+                        kind,
+                        per_user_limit,
+                    },
+                    packet_remaining,
+                    generation,
+                };
+                (id, stock)
+            },
+        )
+        .collect())
 }
 
 /// The right of one consumer to commit a partition's decisions: the partition queue's name and
@@ -473,7 +498,8 @@ pub enum CommitError {
     Database(#[from] sqlx::Error),
 }
 
-/// The group commit: every order, every outcome and one stock update per item of a batch, in
+/// The group commit: every order, every outcome and one stock update per item of a batch (which
+/// also adds the units to the item's `sold`), in
 /// ONE statement — one round trip, one transaction, one fsync for hundreds of decisions. This is
 /// where the queue path's speed comes from. The table constraints make a wrong in-memory state
 /// fail the whole batch rather than write it: `stock_remaining >= 0` refuses an oversell, the
@@ -528,6 +554,7 @@ const GROUP_COMMIT: &str = "WITH fence AS (
          WHERE orders.id = g.id AND EXISTS (SELECT 1 FROM fence)
      ), stock AS (
          UPDATE items SET stock_remaining = items.stock_remaining - d.sold,
+                          sold = items.sold + d.sold,
                           packet_remaining = items.packet_remaining - d.spent
          FROM UNNEST($10::bigint[], $11::bigint[], $12::bigint[]) AS d(id, sold, spent)
          WHERE items.id = d.id AND EXISTS (SELECT 1 FROM fence)

@@ -38,7 +38,7 @@ async fn plant_outcome(
 }
 
 /// A purchase of one unit, written as the group commit writes it: the order, its outcome, the
-/// stock taken. Returns the order id.
+/// stock taken and the units counted sold. Returns the order id.
 async fn plant_purchase(env: &TestEnv, item: i64, user: &str, limit: i64, units: i64) -> Uuid {
     let (order_id, request_id) = (Uuid::new_v4(), Uuid::new_v4());
     sqlx::query(
@@ -66,12 +66,14 @@ async fn plant_purchase(env: &TestEnv, item: i64, user: &str, limit: i64, units:
     .execute(&env.pool)
     .await
     .unwrap();
-    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - $2 WHERE id = $1")
-        .bind(item)
-        .bind(units)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE items SET stock_remaining = stock_remaining - $2, sold = sold + $2 WHERE id = $1",
+    )
+    .bind(item)
+    .bind(units)
+    .execute(&env.pool)
+    .await
+    .unwrap();
     order_id
 }
 
@@ -147,11 +149,13 @@ async fn a_purchase_naming_another_users_order_is_caught() {
         .execute(&env.pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - 1 WHERE id = $1")
-        .bind(item)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE items SET stock_remaining = stock_remaining - 1, sold = sold + 1 WHERE id = $1",
+    )
+    .bind(item)
+    .execute(&env.pool)
+    .await
+    .unwrap();
     plant_outcome(&env, item, "bob", "purchased", Some(order), None).await;
     assert_eq!(
         violations(&env, item).await,
@@ -220,5 +224,54 @@ async fn a_real_sale_records_what_it_saw_and_is_clean() {
     );
     env.assert_audit_clean(item).await;
     consumer.cancel();
+    env.cleanup().await;
+}
+
+/// (e) `sold`, kept on the item's row for `GET /items/{id}`, is checked against the orders
+/// themselves: purchases counted as the writers count them are clean; an order written without
+/// counting it, or a count that drifted, is caught.
+#[tokio::test]
+async fn a_stored_sold_count_that_disagrees_with_the_orders_is_caught() {
+    let env = TestEnv::new().await;
+    let item = env.create_item(10).await;
+    plant_purchase(&env, item, "ann", 1, 1).await;
+    plant_purchase(&env, item, "bob", 1, 1).await;
+    assert!(violations(&env, item).await.is_empty());
+    sqlx::query("UPDATE items SET sold = sold + 1 WHERE id = $1")
+        .bind(item)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        violations(&env, item).await,
+        [Violation::SoldCountWrong {
+            stored: 3,
+            units_sold: 2
+        }]
+    );
+
+    // An order grown by hand, the stock taken but the unit not counted.
+    let limit_two = ItemSpec::Goods {
+        stock: 10,
+        per_user_limit: 2,
+    };
+    let other = seckill::store::create_item_spec(&env.pool, "limit two", &limit_two)
+        .await
+        .unwrap()
+        .id;
+    let order = plant_purchase(&env, other, "cy", 2, 1).await;
+    sqlx::query("UPDATE orders SET quantity = 2 WHERE id = $1")
+        .bind(order)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert!(
+        violations(&env, other)
+            .await
+            .contains(&Violation::SoldCountWrong {
+                stored: 1,
+                units_sold: 2
+            })
+    );
     env.cleanup().await;
 }

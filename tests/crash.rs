@@ -1,6 +1,8 @@
 //! Crash safety of the consumer, with real processes: SIGKILL mid-work, an abort at every step
-//! of the batch cycle, and failover to a standby daemon. After each, every accepted request has
-//! exactly one outcome and the audit is clean.
+//! of the batch cycle, and failover to a standby daemon — with one request per message, and
+//! with batch messages (37 requests each, so consumer batches of 100 requests end mid-way through
+//! the published ones). After each, every accepted request has exactly one outcome and the audit
+//! is clean.
 
 mod common;
 
@@ -31,14 +33,37 @@ async fn assert_settled(env: &TestEnv, item: i64, total: i64, stock: i64) {
     assert_eq!(report.undecided, 0);
 }
 
+/// Requests per batch message in the batch-message variants.
+const PER_MESSAGE: usize = 37;
+
+/// Publishes the requests one per message, or `per_message` to a message.
+async fn publish(env: &TestEnv, requests: &[seckill::domain::OrderRequest], per_message: usize) {
+    if per_message <= 1 {
+        env.publish_direct(requests).await;
+    } else {
+        env.publish_direct_batched(requests, per_message).await;
+    }
+}
+
 /// SIGKILL while the consumer is in the middle of the queue, then restart it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_work_loses_nothing_and_decides_nothing_twice() {
+    sigkill_mid_work(1).await;
+}
+
+/// The same with batch messages: the kill lands with some batch messages decided and others
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_work_on_batch_messages_loses_nothing_and_decides_nothing_twice() {
+    sigkill_mid_work(PER_MESSAGE).await;
+}
+
+async fn sigkill_mid_work(per_message: usize) {
     let env = TestEnv::new().await;
     let stock = 500;
     let item = env.create_item(stock).await;
     let total = 8000;
-    env.publish_direct(&requests(item, total, 2000)).await;
+    publish(&env, &requests(item, total, 2000), per_message).await;
 
     let mut consumer = env.spawn_consumer_process(None);
     env.wait_for_outcomes(item, 300, Duration::from_secs(60))
@@ -59,11 +84,15 @@ async fn sigkill_mid_work_loses_nothing_and_decides_nothing_twice() {
 
 /// Aborts the consumer at `step` on its 3rd batch, restarts a clean one, checks the invariants.
 async fn crash_at(step: &str) {
+    crash_at_with(step, 1).await;
+}
+
+async fn crash_at_with(step: &str, per_message: usize) {
     let env = TestEnv::new().await;
     let stock = 50;
     let item = env.create_item(stock).await;
     let total = 1500;
-    env.publish_direct(&requests(item, total, 300)).await;
+    publish(&env, &requests(item, total, 300), per_message).await;
 
     let mut crashing = env.spawn_consumer_process(Some(&format!("{step}:3")));
     let status = wait_for_exit(&mut crashing, Duration::from_secs(60)).await;
@@ -103,6 +132,17 @@ async fn crash_after_commit_before_ack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_after_ack_before_reply() {
     crash_at("after_ack").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_decide_before_commit_on_batch_messages() {
+    crash_at_with("before_commit", PER_MESSAGE).await;
+}
+
+/// Batch messages committed but not acked: redelivered whole, answered from the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_after_commit_before_ack_on_batch_messages() {
+    crash_at_with("after_commit", PER_MESSAGE).await;
 }
 
 /// Two daemons on the same partitions: one decides, the other waits; when the active one dies

@@ -479,7 +479,7 @@ async fn postgres_stopped_nothing_is_decided_until_it_is_back() {
                 env.topology.routing_key(partition).into(),
                 BasicPublishOptions::default(),
                 &seckill::broker::message::encode(request),
-                seckill::broker::message::request_properties(request, None),
+                seckill::broker::message::request_properties(request.request_id, None),
             )
             .await
             .unwrap();

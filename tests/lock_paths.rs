@@ -16,6 +16,7 @@ use tokio::sync::{Barrier, Notify};
 use uuid::Uuid;
 
 use seckill::domain::{ItemId, Status};
+use seckill::paths::lock_table::LockTable;
 use seckill::paths::redis_lock::RedisLock;
 use seckill::paths::redis_store::RedisStore;
 use seckill::paths::{self, PathError, Pause, Registry};
@@ -122,6 +123,11 @@ async fn conditional_sells_exactly_the_stock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn advisory_sells_exactly_the_stock() {
     assert_eq!(sell_through("advisory").await, (STOCK, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_table_sells_exactly_the_stock() {
+    assert_eq!(sell_through("lock-table").await, (STOCK, 0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -264,6 +270,268 @@ async fn redis_lock_holder_whose_lease_expired_cannot_commit() {
     assert_eq!(slow.overtaken(), 1, "the fence refused exactly one write");
     let report = env.assert_audit_clean(item).await;
     assert_eq!((report.orders, report.stock_remaining), (1, 0));
+    env.cleanup().await;
+}
+
+/// What `decide` answered each of `buyers` concurrent buyers of `item` through `path`: the
+/// decisions by status, and the number answered 503 (the lock stayed busy). Anything else fails.
+async fn grab_concurrently(
+    env: &TestEnv,
+    path: &LockTable,
+    item: ItemId,
+    buyers: usize,
+) -> (BTreeMap<&'static str, usize>, usize) {
+    let requests: Vec<_> = (0..buyers)
+        .map(|i| {
+            let request = request(item, &format!("buyer-{i}"));
+            async move { paths::decide(&env.pool, path, &request).await }
+        })
+        .collect();
+    let (mut decided, mut unavailable) = (BTreeMap::new(), 0);
+    for result in run_concurrently(requests, buyers).await {
+        match result {
+            Ok(outcome) => *decided.entry(outcome.status.as_str()).or_default() += 1,
+            Err(PathError::Unavailable(_)) => unavailable += 1,
+            Err(e) => panic!("neither a decision nor a 503: {e:?}"),
+        }
+    }
+    (decided, unavailable)
+}
+
+/// lock-table's flaw, shown safely. Each holder pauses between its read and its write. With an
+/// expiry longer than that pause the lock holds: one holder at a time, nothing taken over. With
+/// an expiry of 1 ms every waiter takes the "dead" lock over from a holder that is still working,
+/// several holders read the same stock at once, and what stops the oversell is not the lock but
+/// the schema: the decrements past zero break `stock_remaining >= 0` and are rolled back and
+/// retried. The audit stays clean either way; what the lock let through is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_table_taken_over_from_a_slow_holder_only_the_schema_stops_an_oversell() {
+    let env = TestEnv::new().await;
+    let slow = || {
+        Pause::new(|| {
+            Box::pin(async {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            })
+        })
+    };
+    let (stock, buyers) = (5, 40);
+    let wait = Duration::from_secs(20);
+
+    // Sound expiry: the lock holds.
+    let item = env.create_item(stock).await;
+    let sound = LockTable::new(env.pool.clone(), Duration::from_secs(10), wait).with_pause(slow());
+    let (decided, unavailable) = grab_concurrently(&env, &sound, item, buyers).await;
+    eprintln!(
+        "lock-table, ttl 10 s: {decided:?}, {unavailable} answered 503; holders at once: {}, \
+         taken over: {}, refused by the schema: {}",
+        sound.holders_max(),
+        sound.taken_over(),
+        sound.refused_by_schema()
+    );
+    assert_eq!(sound.holders_max(), 1, "one holder at a time");
+    assert_eq!((sound.taken_over(), sound.refused_by_schema()), (0, 0));
+    assert_eq!(unavailable, 0);
+    assert_eq!(decided.get("purchased"), Some(&(stock as usize)));
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!((report.orders, report.stock_remaining), (stock, 0));
+
+    // An expiry far below the work: taken over while it works.
+    let item = env.create_item(stock).await;
+    let flawed =
+        LockTable::new(env.pool.clone(), Duration::from_millis(1), wait).with_pause(slow());
+    let (decided, unavailable) = grab_concurrently(&env, &flawed, item, buyers).await;
+    let (holders_max, taken_over, refused) = (
+        flawed.holders_max(),
+        flawed.taken_over(),
+        flawed.refused_by_schema(),
+    );
+    eprintln!(
+        "lock-table, ttl 1 ms: {decided:?}, {unavailable} answered 503; holders at once: \
+         {holders_max}, taken over: {taken_over}, refused by the schema: {refused}"
+    );
+    assert!(holders_max >= 2, "two holders got in at once");
+    assert!(taken_over >= 1, "a live holder's lock was deleted as dead");
+    assert!(
+        refused + unavailable as u64 > 0,
+        "the holders the lock let through were stopped by the schema (retried) or ran out of time"
+    );
+    assert_eq!(decided.values().sum::<usize>() + unavailable, buyers);
+    let report = env.assert_audit_clean(item).await;
+    assert!(report.orders <= stock, "no oversell: {report}");
+    assert_eq!(
+        report.orders,
+        decided.get("purchased").copied().unwrap_or(0) as i64
+    );
+    assert_eq!(report.outcomes, decided.values().sum::<usize>() as i64);
+    assert_eq!(report.stock_remaining, stock - report.orders);
+    env.cleanup().await;
+}
+
+/// A lock row that stays (a live holder, or a dead one younger than the expiry) makes a
+/// `lock-table` request wait its bound, then answer 503 with `Retry-After` — never a 500 — with
+/// nothing decided; once the row is gone, the same request id is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_table_busy_past_its_wait_answers_503_then_decides_on_retry() {
+    let env = TestEnv::new().await;
+    let mut args = env.path_args();
+    (args.lock_table_ttl_ms, args.lock_table_wait_ms) = (60_000, 300);
+    let serve = seckill::config::ServeArgs {
+        sold_out_ttl_ms: 0,
+        ..seckill::config::ServeArgs::loopback()
+    };
+    let api = env.start_api_configured(serve, args).await;
+    let item = api.create_item(3).await;
+    sqlx::query("INSERT INTO item_locks (item_id, owner) VALUES ($1, $2)")
+        .bind(item)
+        .bind(Uuid::new_v4())
+        .execute(&env.pool)
+        .await
+        .unwrap();
+
+    let request_id = Uuid::new_v4();
+    let body = json!({"item_id": item, "user_id": "erin", "request_id": request_id});
+    let started = Instant::now();
+    let response = api
+        .http
+        .post(format!("{}/orders?path=lock-table", api.base))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().get("retry-after").is_some());
+    let answer: Value = response.json().await.unwrap();
+    assert!(answer["error"].as_str().is_some(), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "bounded by the wait"
+    );
+    let (status, _) = api.get(&format!("/orders/{request_id}")).await;
+    assert_eq!(status, 404, "nothing was decided");
+
+    sqlx::query("DELETE FROM item_locks WHERE item_id = $1")
+        .bind(item)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let (status, answer) = api.post("/orders?path=lock-table", body).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("purchased"))
+    );
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM item_locks")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, 0, "the holder deleted its lock row");
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!((report.orders, report.stock_remaining), (1, 2));
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// A red packet of 10,000 cents in 50 shares, grabbed by 400 users (600 grabs, some users twice)
+/// through `pessimistic` and `optimistic` — seed 000's experiment — with the queue path's share
+/// rule: one share per user, none zero, and the shares paid plus the amount left make exactly
+/// the total (all of it once every share is taken); every answer carries the share stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn red_packets_on_the_lock_paths_pay_out_exactly_their_total() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let (total, shares, grabs, users) = (10_000, 50, 600, 400);
+    for path in ["pessimistic", "optimistic"] {
+        let (status, packet) = api
+            .post(
+                "/items",
+                json!({"name": path, "kind": "red_packet", "total_amount": total, "shares": shares}),
+            )
+            .await;
+        assert_eq!(status, 201, "{packet}");
+        let item = packet["id"].as_i64().unwrap();
+        let url = format!("/orders?path={path}");
+        let requests: Vec<_> = (0..grabs)
+            .map(|i| {
+                let (api, url) = (&api, &url);
+                let body = json!({"item_id": item, "user_id": format!("user-{}", i % users)});
+                async move { api.post(url, body).await }
+            })
+            .collect();
+        let started = Instant::now();
+        let answers = run_concurrently(requests, IN_FLIGHT).await;
+        let elapsed = started.elapsed();
+
+        let stored: HashMap<Uuid, i64> =
+            sqlx::query_as("SELECT request_id, amount FROM orders WHERE item_id = $1")
+                .bind(item)
+                .fetch_all(&env.pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .collect();
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for (status, body) in &answers {
+            assert_eq!(*status, 200, "{path}: {body}");
+            *counts
+                .entry(body["status"].as_str().unwrap().to_string())
+                .or_default() += 1;
+            if body["status"] == "purchased" {
+                let id: Uuid = body["request_id"].as_str().unwrap().parse().unwrap();
+                assert_eq!(body["amount"].as_i64(), Some(stored[&id]), "{path}: {body}");
+            } else {
+                assert!(body.get("amount").is_none(), "{path}: {body}");
+            }
+        }
+        let report = env.assert_audit_clean(item).await;
+        assert_eq!(
+            report.outcomes, grabs as i64,
+            "{path}: one outcome per grab"
+        );
+
+        let paid: Vec<(String, i64)> =
+            sqlx::query_as("SELECT user_id, amount FROM orders WHERE item_id = $1")
+                .bind(item)
+                .fetch_all(&env.pool)
+                .await
+                .unwrap();
+        assert!(
+            paid.iter().all(|(_, a)| *a >= 1),
+            "{path}: a zero share: {paid:?}"
+        );
+        let users_paid: HashSet<_> = paid.iter().map(|(u, _)| u).collect();
+        assert_eq!(users_paid.len(), paid.len(), "{path}: one share per user");
+        let (_, body) = api.get(&format!("/items/{item}")).await;
+        let paid_sum: i64 = paid.iter().map(|(_, a)| a).sum();
+        let left = body["amount_remaining"].as_i64().unwrap();
+        assert_eq!(paid_sum + left, total, "{path}: the sum is exact");
+        assert_eq!(paid.len() as i64, report.orders);
+        if path == "pessimistic" {
+            assert_eq!((report.orders, report.failed_retry), (shares, 0), "{path}");
+        } else {
+            assert!(
+                report.orders == shares || report.failed_retry > 0,
+                "{path}: fewer shares taken ({}) only when retries ran out",
+                report.orders
+            );
+        }
+        if report.orders == shares {
+            assert_eq!(
+                (paid_sum, left),
+                (total, 0),
+                "{path}: every share taken, all paid"
+            );
+        }
+        let mut sizes: Vec<i64> = paid.iter().map(|(_, a)| *a).collect();
+        sizes.sort_unstable();
+        eprintln!(
+            "{path}: {grabs} grabs of a {total}-cent packet in {shares} shares in {:.2}s: \
+             {counts:?}; shares min {:?} median {:?} max {:?}",
+            elapsed.as_secs_f64(),
+            sizes.first(),
+            sizes.get(sizes.len() / 2),
+            sizes.last()
+        );
+    }
+    api.shutdown.cancel();
     env.cleanup().await;
 }
 

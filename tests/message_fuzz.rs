@@ -1,6 +1,7 @@
 //! Fuzzes the broker message decoders with proptest: whatever bytes and properties a producer
 //! sends, `decode` never panics, and whatever it accepts is a valid request (so the consumer
-//! can decide it) that encodes back to itself. The same for `decode_replies`, which the API runs
+//! can decide it) that encodes back to itself; a batch's elements are judged each as it would be
+//! alone. The same for `decode_replies`, which the API runs
 //! on whatever arrives on its reply queue.
 //!
 //! Failing cases are saved to `proptest-regressions/message_fuzz.txt` and replayed first on
@@ -9,7 +10,9 @@
 use lapin::BasicProperties;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-use seckill::broker::message::{self, BODY_LEN_MAX, CONTENT_TYPE_JSON};
+use seckill::broker::message::{
+    self, BATCH_BODY_LEN_MAX, BODY_LEN_MAX, CONTENT_TYPE_JSON, Decoded,
+};
 use seckill::domain::{OrderRequest, USER_ID_LEN_MAX};
 
 fn config() -> ProptestConfig {
@@ -95,7 +98,21 @@ fn request_shaped() -> impl Strategy<Value = serde_json::Value> {
     })
 }
 
-/// What every accepted message must be.
+/// What every accepted message must be: a single request, or a batch whose every decoded
+/// element is one.
+fn check_decoded(body: &[u8], content_type: &Option<String>, decoded: &Decoded) {
+    match decoded {
+        Decoded::One(request) => check_accepted(body, content_type, request),
+        Decoded::Batch(elements) => {
+            assert!(body.len() <= BATCH_BODY_LEN_MAX);
+            for request in elements.iter().flatten() {
+                check_accepted(&message::encode(request), content_type, request);
+            }
+        }
+    }
+}
+
+/// What every accepted request must be.
 fn check_accepted(body: &[u8], content_type: &Option<String>, request: &OrderRequest) {
     assert!(body.len() <= BODY_LEN_MAX);
     assert!(
@@ -107,8 +124,8 @@ fn check_accepted(body: &[u8], content_type: &Option<String>, request: &OrderReq
     assert!(!request.user_id.is_empty() && request.user_id.len() <= USER_ID_LEN_MAX);
     let again = message::decode(&properties(content_type.clone()), &message::encode(request));
     assert_eq!(
-        again.as_ref(),
-        Ok(request),
+        again,
+        Ok(Decoded::One(request.clone())),
         "encode ∘ decode is the identity"
     );
 }
@@ -121,8 +138,8 @@ proptest! {
         body in prop::collection::vec(any::<u8>(), 0..(BODY_LEN_MAX + 64)),
         content_type in content_types(),
     ) {
-        if let Ok(request) = message::decode(&properties(content_type.clone()), &body) {
-            check_accepted(&body, &content_type, &request);
+        if let Ok(decoded) = message::decode(&properties(content_type.clone()), &body) {
+            check_decoded(&body, &content_type, &decoded);
         }
         let _ = message::decode_replies(&body);
     }
@@ -133,8 +150,8 @@ proptest! {
         content_type in content_types(),
     ) {
         let body = serde_json::to_vec(&value).unwrap();
-        if let Ok(request) = message::decode(&properties(content_type.clone()), &body) {
-            check_accepted(&body, &content_type, &request);
+        if let Ok(decoded) = message::decode(&properties(content_type.clone()), &body) {
+            check_decoded(&body, &content_type, &decoded);
         }
         let _ = message::decode_replies(&body);
     }
@@ -148,7 +165,33 @@ proptest! {
         let request = OrderRequest { request_id: uuid::Uuid::from_u128(id), item_id, user_id, quantity: 1 };
         let body = message::encode(&request);
         let decoded = message::decode(&properties(Some(CONTENT_TYPE_JSON.into())), &body);
-        prop_assert_eq!(decoded, Ok(request));
+        prop_assert_eq!(decoded, Ok(Decoded::One(request)));
+    }
+
+    #[test]
+    fn a_batch_judges_each_element_as_it_would_be_judged_alone(
+        values in prop::collection::vec(prop_oneof![request_shaped(), json_values()], 1..20),
+    ) {
+        let props = properties(Some(CONTENT_TYPE_JSON.into()));
+        let body = serde_json::to_vec(&values).unwrap();
+        let Ok(Decoded::Batch(elements)) = message::decode(&props, &body) else {
+            panic!("an array of 1 to 19 values is a batch");
+        };
+        prop_assert_eq!(elements.len(), values.len());
+        for (value, element) in values.iter().zip(&elements) {
+            let alone = serde_json::to_vec(value).unwrap();
+            let judged_alone = match message::decode(&props, &alone) {
+                Ok(Decoded::One(request)) => Some(request),
+                _ => None,
+            };
+            match element {
+                Ok(request) => prop_assert_eq!(Some(request.clone()), judged_alone),
+                Err(refused) => {
+                    prop_assert!(judged_alone.is_none(), "{:?} refused in a batch only", value);
+                    prop_assert_eq!(&refused.body, &alone, "a refused element keeps its own body");
+                }
+            }
+        }
     }
 }
 
@@ -177,10 +220,17 @@ fn hostile_corpus_is_refused_without_panicking() {
     let props = properties(Some(CONTENT_TYPE_JSON.into()));
     for body in corpus {
         let result = message::decode(&props, &body);
+        // Refused whole; or, for an array (a batch), every element refused.
+        let refused = match &result {
+            Err(_) => true,
+            Ok(Decoded::Batch(elements)) => elements.iter().all(Result::is_err),
+            Ok(Decoded::One(_)) => false,
+        };
         assert!(
-            result.is_err(),
-            "{:?} → {result:?}",
-            String::from_utf8_lossy(&body)
+            refused,
+            "{:.200?} → {:.300?}",
+            String::from_utf8_lossy(&body),
+            result
         );
         let _ = message::decode_replies(&body);
     }

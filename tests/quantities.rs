@@ -291,7 +291,8 @@ async fn sigkill_mid_work_keeps_quantities_within_stock_and_limit() {
 }
 
 /// Bad quantities, limits and red packets are refused with a JSON 4xx naming the problem, and
-/// reach neither the broker nor the database; a lock-based path refuses what it cannot sell.
+/// reach neither the broker nor the database; a lock-based path refuses what it cannot sell
+/// (`pessimistic` and `optimistic` sell red packets since issue 13: see `tests/lock_paths.rs`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_quantities_limits_and_packets_are_refused_with_4xx() {
     let env = TestEnv::new().await;
@@ -445,10 +446,10 @@ async fn bad_quantities_limits_and_packets_are_refused_with_4xx() {
             "path optimistic supports only",
         ),
         (
-            "/orders?path=pessimistic",
+            "/orders?path=lock-table",
             json!({"item_id": packet, "user_id": "u"}),
             400,
-            "path pessimistic supports only ordinary goods;",
+            "path lock-table supports only ordinary goods;",
         ),
         (
             "/orders?path=conditional",
@@ -505,13 +506,13 @@ async fn bad_quantities_limits_and_packets_are_refused_with_4xx() {
     env.cleanup().await;
 }
 
-/// The locking paths that sell quantities (pessimistic, advisory) hold to the same rules: 600
-/// concurrent requests of 1–3 units from 150 users for 120 units with a limit of 3.
+/// The locking paths that sell quantities (pessimistic, advisory, lock-table) hold to the same
+/// rules: 600 concurrent requests of 1–3 units from 150 users for 120 units with a limit of 3.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn locking_paths_sell_quantities_within_the_stock_and_the_limit() {
     let env = TestEnv::new().await;
     let api = env.start_api(None).await;
-    for path in ["pessimistic", "advisory"] {
+    for path in ["pessimistic", "advisory", "lock-table"] {
         let (status, item) = api
             .post(
                 "/items",

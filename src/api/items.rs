@@ -75,8 +75,8 @@ pub struct Restock {
 /// `POST /items/{id}/restock {"units"}` → `200` with the item. Adds to the stock in the
 /// database, bumping the item's generation (the UPDATE returns it), then announces it with that
 /// generation: API instances stop answering `sold_out` at the door (and ignore any `sold_out`
-/// decided before it), and the consumer drops its in-memory state of the item, so its next
-/// request sees the new stock. The
+/// decided before it), and the consumer re-reads the item's row (not its buyers: a restock
+/// writes no order), so its next request sees the new stock. The
 /// lock-based paths read stock from the database and see it at once; the Redis paths keep
 /// their own copy (reload it with `seckill redis-load` once their sale is quiet).
 pub async fn restock(
@@ -108,7 +108,7 @@ pub async fn restock(
     }
     // Stored: the restock has happened whatever follows. An announcement that cannot be sent
     // costs time, not units: `sold_out` marks age out, and a consumer about to answer
-    // `sold_out` sees the generation moved and reloads the item.
+    // `sold_out` sees the generation moved and re-reads the item's stock.
     match state
         .publisher
         .announce(&ItemEvent::Restocked {
@@ -125,7 +125,7 @@ pub async fn restock(
             "item restocked"
         ),
         Err(e) => tracing::warn!(item_id = id, units = restock.units, error = %e,
-            "item restocked, but the announcement failed: other API instances shed the item until their mark ages out; consumers reload it at their next sold_out"),
+            "item restocked, but the announcement failed: other API instances shed the item until their mark ages out; consumers re-read it at their next sold_out"),
     }
     Ok(axum::Json(item))
 }

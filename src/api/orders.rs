@@ -150,30 +150,36 @@ async fn checked_request(
     })
 }
 
-/// Rather than a wrong result, a clear no: most lock paths sell one unit of ordinary goods only.
+/// Rather than a wrong result, a clear no: most lock paths sell one unit of ordinary goods only,
+/// and only some sell red packets (each path says what it sells).
 fn check_path_sells(
     path: &dyn PurchasePath,
     rules: ItemRules,
     quantity: i64,
 ) -> Result<(), ApiError> {
-    let supported = if path.sells_quantities() {
-        rules.kind == ItemKind::Goods
-    } else {
-        rules == ItemRules::ONE_PER_USER && quantity == 1
+    let supported = match rules.kind {
+        ItemKind::RedPacket => path.sells_red_packets(),
+        ItemKind::Goods if path.sells_quantities() => true,
+        ItemKind::Goods => rules == ItemRules::ONE_PER_USER && quantity == 1,
     };
     if supported {
         return Ok(());
     }
-    let what = if path.sells_quantities() {
+    let goods = if path.sells_quantities() {
         "ordinary goods"
     } else {
         "ordinary goods with a per_user_limit of 1 and quantity 1"
     };
+    let packets = if path.sells_red_packets() {
+        " and red packets"
+    } else {
+        ""
+    };
     Err(ApiError::client(
         StatusCode::BAD_REQUEST,
         format!(
-            "path {} supports only {what}; quantities, limits and red packets are sold by the \
-             queue path (the default)",
+            "path {} supports only {goods}{packets}; quantities, limits and red packets are sold \
+             by the queue path (the default)",
             path.name()
         ),
     ))

@@ -16,6 +16,9 @@ pub(super) struct ItemRow {
     pub stock_initial: i64,
     pub stock_remaining: i64,
     pub per_user_limit: i64,
+    /// The units sold as the item's row counts them (what `GET /items/{id}` shows, kept by the
+    /// writers and the delete triggers of migration 0012), to be checked against the orders.
+    pub sold: i64,
     /// A red packet's total and what of it is not paid out yet (`None` for goods).
     pub packet_total: Option<i64>,
     pub packet_remaining: Option<i64>,
@@ -75,7 +78,8 @@ pub(super) struct ItemFacts {
 }
 
 const ITEMS: &str = "
-    SELECT id, stock_initial, stock_remaining, per_user_limit, packet_total, packet_remaining
+    SELECT id, stock_initial, stock_remaining, per_user_limit, sold, packet_total,
+           packet_remaining
     FROM items WHERE id = ANY($1::bigint[]) ORDER BY id";
 
 const ORDERS: &str = "

@@ -149,6 +149,10 @@ fn violations(facts: &ItemFacts, expect_settled: bool) -> Vec<Violation> {
                 stock_initial,
             },
         ),
+        (item.sold != units_sold).then_some(Violation::SoldCountWrong {
+            stored: item.sold,
+            units_sold,
+        }),
         (orders.duplicate_buyers > 0).then_some(Violation::DuplicateBuyers {
             users: orders.duplicate_buyers,
         }),
@@ -263,6 +267,7 @@ mod tests {
                 stock_initial: 10,
                 stock_remaining: 10 - sold,
                 per_user_limit: 1,
+                sold,
                 packet_total: None,
                 packet_remaining: None,
             },
@@ -292,6 +297,7 @@ mod tests {
         let mut facts = sound_sale(10, 30);
         facts.orders.orders = 11;
         facts.orders.units_sold = 11;
+        facts.item.sold = 11;
         let audit = ItemAudit::of(&facts, true);
         assert!(audit.is_oversold());
         assert_eq!(
@@ -308,6 +314,19 @@ mod tests {
                     stock_initial: 10
                 },
             ]
+        );
+    }
+
+    #[test]
+    fn a_stored_sold_count_is_checked_against_the_orders() {
+        let mut facts = sound_sale(4, 10);
+        facts.item.sold = 5;
+        assert_eq!(
+            ItemAudit::of(&facts, true).violations,
+            [Violation::SoldCountWrong {
+                stored: 5,
+                units_sold: 4
+            }]
         );
     }
 

@@ -23,6 +23,9 @@ pub enum Violation {
         units_sold: i64,
         stock_initial: i64,
     },
+    /// The units sold that the item's row stores (what `GET /items/{id}` shows) are not the
+    /// units its orders hold: a writer sold without counting it, or orders were written by hand.
+    SoldCountWrong { stored: i64, units_sold: i64 },
     /// Users holding more than one order row of the item (there is one per buyer).
     DuplicateBuyers { users: i64 },
     /// Users holding more units than the item's per-user limit.
@@ -133,6 +136,10 @@ impl fmt::Display for Violation {
             } => write!(
                 f,
                 "stock does not add up: remaining {stock_remaining} + units sold {units_sold} != initial {stock_initial}"
+            ),
+            Self::SoldCountWrong { stored, units_sold } => write!(
+                f,
+                "the item's row counts {stored} units sold, its orders hold {units_sold}"
             ),
             Self::DuplicateBuyers { users } => write!(f, "{users} users hold more than one order"),
             Self::OverLimit {

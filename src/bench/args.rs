@@ -65,9 +65,13 @@ pub struct BenchArgs {
     /// `--url`: the bench's own server has none).
     #[arg(long, env = "SECKILL_PRODUCER_TOKEN", hide_env_values = true)]
     pub producer_token: Option<String>,
-    /// Skip the broker-alone, database-alone and pre-filled-consumer ceilings.
+    /// Skip the broker-alone, database-alone, HTTP-alone and pre-filled-consumer ceilings.
     #[arg(long)]
     pub no_ceilings: bool,
+    /// How the bench's own APIs batch requests into broker messages (`queue-unbatched` always
+    /// sends one per message).
+    #[command(flatten)]
+    pub publish: crate::config::PublishArgs,
     /// Keep the bench's items, orders and outcomes in the database afterwards.
     #[arg(long)]
     pub keep: bool,
@@ -153,11 +157,12 @@ impl BenchArgs {
     pub(super) fn selected_paths(&self) -> anyhow::Result<Vec<BenchPath>> {
         let paths = self.named_paths()?;
         let in_process = self.url.is_none();
-        anyhow::ensure!(
-            in_process || !paths.contains(&BenchPath::QueueNoShed),
-            "{} needs the bench's own API; it cannot be combined with --url",
-            BenchPath::QueueNoShed
-        );
+        if let Some(own) = paths.iter().find(|p| p.needs_own_api()) {
+            anyhow::ensure!(
+                in_process,
+                "{own} needs the bench's own API; it cannot be combined with --url"
+            );
+        }
         anyhow::ensure!(
             in_process || self.via == Via::Http,
             "--via direct runs the paths in this process; it cannot be combined with --url"

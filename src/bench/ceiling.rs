@@ -1,6 +1,10 @@
-//! The two ceilings the queue path sits under, measured in the same run as the paths:
-//! - broker alone: publish with confirms → consume → ack, same queue settings, no database;
-//! - database alone: the consumer's decide + group commit of the same requests, no broker.
+//! The ceilings the queue path sits under, measured in the same run as the paths:
+//! - broker alone: publish with confirms → consume → ack, same queue settings, no database, in
+//!   both message shapes: one request per message, and the API's batches (the broker's cost is
+//!   per message, so the two differ by far more than their request counts suggest);
+//! - database alone: the consumer's decide + group commit of the same requests, no broker;
+//! - HTTP alone (see [`super::http_alone`]): the bench's own client against an endpoint that
+//!   does no work.
 //!
 //! And the consumer alone: a partition queue pre-filled with the requests, drained by the real
 //! consumer (broker + decide + commit, no HTTP, no producer competing for the CPU).
@@ -24,7 +28,7 @@ use super::decided::{wait_decided, wait_requests_decided};
 use super::scenario::{Attempt, ScenarioSpec};
 use crate::app::{App, Settings};
 use crate::broker::{self, message, publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs};
+use crate::config::{BrokerArgs, ConsumerArgs, PublishArgs};
 use crate::consumer::sequencer::Sequencer;
 use crate::domain::OrderRequest;
 use crate::store;
@@ -34,26 +38,40 @@ const CONFIRMS_IN_FLIGHT_MAX: usize = 1000;
 
 /// Fewest messages a broker ceiling is measured with: shorter runs are mostly ramp-up.
 const CEILING_MESSAGES_MIN: usize = 30_000;
+/// Fewest batch messages the batched broker ceiling is measured with.
+const CEILING_BATCH_MESSAGES_MIN: usize = 5_000;
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Ceilings {
-    /// Broker alone: publish-confirm → consume → ack at once, messages per second.
+    /// Broker alone: publish-confirm → consume → ack at once, one request per message, messages
+    /// (= requests) per second.
     pub broker_msgs_per_s: Option<f64>,
     /// Broker alone, draining a pre-filled queue (consume + ack only), messages per second.
     pub broker_drain_msgs_per_s: Option<f64>,
+    /// Requests per message of the batched broker ceiling: the API's `SECKILL_PUBLISH_BATCH_MAX`.
+    pub broker_batch_size: Option<u16>,
+    /// Broker alone as `broker_msgs_per_s`, with messages of `broker_batch_size` requests:
+    /// requests per second.
+    pub broker_batched_requests_per_s: Option<f64>,
+    /// The same, messages per second.
+    pub broker_batched_msgs_per_s: Option<f64>,
+    /// HTTP alone: the bench's client, at its concurrency, against an endpoint that does no
+    /// work, requests per second (only when the paths run over HTTP).
+    pub http_requests_per_s: Option<f64>,
     /// Database alone: decide + group commit, decisions per second.
     pub database_decisions_per_s: Option<f64>,
     /// Consumer alone, draining a pre-filled queue: decisions per second.
     pub consumer_prefilled_per_s: Option<f64>,
 }
 
-/// Broker alone, database alone, and the consumer draining a pre-filled queue, on the
-/// scenario's requests (repeated up to [`CEILING_MESSAGES_MIN`]); the items it creates are
-/// added to `all_items`.
+/// Broker alone (both shapes), database alone, and the consumer draining a pre-filled queue,
+/// on the scenario's requests (repeated up to [`CEILING_MESSAGES_MIN`]); the items it creates
+/// are added to `all_items`. HTTP alone is measured apart ([`super::http_alone`]).
 pub(super) async fn measure(
     pool: &PgPool,
     broker: &BrokerArgs,
     consumer_args: &ConsumerArgs,
+    publish: PublishArgs,
     spec: &ScenarioSpec,
     attempts: &[Attempt],
     all_items: &mut Vec<i64>,
@@ -65,15 +83,19 @@ pub(super) async fn measure(
         .collect();
     let count = attempts.len();
     eprintln!("measuring the ceilings with {count} messages…");
-    let broker_rate = broker_alone(
-        &broker.amqp_url,
-        &Topology::new(broker),
-        &format!("{}.ceiling", broker.queue_prefix),
-        count,
-        consumer_args.prefetch,
-        usize::from(consumer_args.batch_size_max),
-    )
-    .await?;
+    let shape = |requests_per_message: u16, messages: usize| BrokerShape {
+        queue: format!("{}.ceiling", broker.queue_prefix),
+        messages,
+        requests_per_message,
+        prefetch: consumer_args.prefetch,
+        ack_every: usize::from(consumer_args.batch_size_max),
+    };
+    let topology = Topology::new(broker);
+    let broker_rate = broker_alone(&broker.amqp_url, &topology, &shape(1, count)).await?;
+    let batch_size = publish.publish_batch_max;
+    let batch_messages = (count / usize::from(batch_size)).max(CEILING_BATCH_MESSAGES_MIN);
+    let batched = shape(batch_size, batch_messages);
+    let batched_rate = broker_alone(&broker.amqp_url, &topology, &batched).await?;
 
     let db_items = create_items_in_db(pool, spec).await?;
     all_items.extend(&db_items);
@@ -87,11 +109,22 @@ pub(super) async fn measure(
     let prefill_items = create_items_in_db(pool, spec).await?;
     all_items.extend(&prefill_items);
     let requests = requests_for(&attempts, &prefill_items);
-    let consumer_rate =
-        consumer_prefilled(pool, broker, consumer_args, &requests, &prefill_items).await?;
+    let consumer_rate = consumer_prefilled(
+        pool,
+        broker,
+        consumer_args,
+        publish,
+        &requests,
+        &prefill_items,
+    )
+    .await?;
     Ok(Ceilings {
         broker_msgs_per_s: Some(broker_rate.flowing_per_s),
         broker_drain_msgs_per_s: Some(broker_rate.draining_per_s),
+        broker_batch_size: Some(batch_size),
+        broker_batched_requests_per_s: Some(batched_rate.flowing_per_s * f64::from(batch_size)),
+        broker_batched_msgs_per_s: Some(batched_rate.flowing_per_s),
+        http_requests_per_s: None,
         database_decisions_per_s: Some(db_rate),
         consumer_prefilled_per_s: Some(consumer_rate),
     })
@@ -116,13 +149,14 @@ async fn consumer_prefilled(
     pool: &PgPool,
     broker: &BrokerArgs,
     consumer_args: &ConsumerArgs,
+    batching: PublishArgs,
     requests: &[OrderRequest],
     items: &[i64],
 ) -> anyhow::Result<f64> {
     let mut prefill = broker.clone();
     prefill.queue_prefix = format!("{}-prefill", broker.queue_prefix);
     let topology = Topology::new(&prefill);
-    let publisher = Publisher::connect(&prefill.amqp_url, topology.clone()).await?;
+    let publisher = Publisher::connect(&prefill.amqp_url, topology.clone(), batching).await?;
     let publishes = requests.iter().map(|r| publisher.publish(r, false));
     for result in futures::stream::iter(publishes)
         .buffer_unordered(1000)
@@ -172,8 +206,9 @@ async fn create_items_in_db(pool: &PgPool, spec: &ScenarioSpec) -> anyhow::Resul
     Ok(ids)
 }
 
-/// The broker alone, in two shapes, on a durable queue with the partition queues' arguments,
-/// ~100-byte persistent messages, confirms (up to 1,000 in flight) and batched acks:
+/// The broker alone, in two modes, on a durable queue with the partition queues' arguments,
+/// persistent messages of ~100 bytes per request, confirms (up to 1,000 in flight) and batched
+/// acks; messages per second:
 /// - `flowing_per_s`: publish and consume at once, end to end (what the queue path does);
 /// - `draining_per_s`: consume only, from a queue pre-filled with the messages (what the
 ///   consumer does when it drains a backlog) — the most one partition's consumer can receive.
@@ -182,14 +217,32 @@ pub struct BrokerCeiling {
     pub draining_per_s: f64,
 }
 
+/// What the broker ceiling sends, and how it consumes.
+pub struct BrokerShape {
+    /// A queue of the ceiling's own (declared, then deleted).
+    pub queue: String,
+    pub messages: usize,
+    /// 1: single-request bodies; more: batch bodies of that many requests.
+    pub requests_per_message: u16,
+    pub prefetch: u16,
+    /// Acks `multiple` every so many messages.
+    pub ack_every: usize,
+}
+
 pub async fn broker_alone(
     amqp_url: &str,
     topology: &Topology,
-    queue: &str,
-    count: usize,
-    prefetch: u16,
-    ack_every: usize,
+    shape: &BrokerShape,
 ) -> anyhow::Result<BrokerCeiling> {
+    let BrokerShape {
+        queue,
+        messages: count,
+        prefetch,
+        ack_every,
+        ..
+    } = shape;
+    let (queue, count, prefetch, ack_every) = (queue.as_str(), *count, *prefetch, *ack_every);
+    let body = sample_body(shape.requests_per_message);
     let connection = broker::connect(amqp_url, "seckill-bench-ceiling").await?;
     let publish = connection.create_channel().await?;
     publish
@@ -215,11 +268,11 @@ pub async fn broker_alone(
         prefetch,
         ack_every,
     ));
-    publish_confirmed(&publish, queue, count).await?;
+    publish_confirmed(&publish, queue, count, &body).await?;
     consumer.await??;
     let flowing_per_s = count as f64 / started.elapsed().as_secs_f64();
 
-    publish_confirmed(&publish, queue, count).await?;
+    publish_confirmed(&publish, queue, count, &body).await?;
     let started = Instant::now();
     consume(
         connection.create_channel().await?,
@@ -241,19 +294,31 @@ pub async fn broker_alone(
     })
 }
 
-/// Publishes `count` request-sized persistent messages, keeping up to 1,000 confirms in flight.
+/// A message body of `requests` requests (a single-request body for 1).
+fn sample_body(requests: u16) -> Vec<u8> {
+    let encoded: Vec<Vec<u8>> = (0..requests.max(1))
+        .map(|i| {
+            message::encode(&OrderRequest {
+                request_id: Uuid::now_v7(),
+                item_id: 1,
+                user_id: format!("user-{:06}", 123_456 + u32::from(i)),
+                quantity: 1,
+            })
+        })
+        .collect();
+    match encoded.as_slice() {
+        [one] => one.clone(),
+        many => message::encode_batch(many.iter().map(Vec::as_slice)),
+    }
+}
+
+/// Publishes `count` persistent messages of `body`, keeping up to 1,000 confirms in flight.
 async fn publish_confirmed(
     channel: &lapin::Channel,
     queue: &str,
     count: usize,
+    body: &[u8],
 ) -> anyhow::Result<()> {
-    let sample = OrderRequest {
-        request_id: Uuid::now_v7(),
-        item_id: 1,
-        user_id: "user-123456".into(),
-        quantity: 1,
-    };
-    let body = message::encode(&sample);
     let mut in_flight = FuturesUnordered::new();
     for _ in 0..count {
         if in_flight.len() >= CONFIRMS_IN_FLIGHT_MAX {
@@ -264,8 +329,8 @@ async fn publish_confirmed(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
-                &body,
-                message::request_properties(&sample, None),
+                body,
+                message::batch_properties(None),
             )
             .await?;
         in_flight.push(confirm);

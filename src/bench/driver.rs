@@ -182,8 +182,8 @@ async fn send_http(bench: &Bench, path: BenchPath, request: &OrderRequest) -> An
     let wait_ms = DECISION_WAIT.as_millis();
     let url = match path {
         BenchPath::QUEUE => format!("{}/orders?wait={wait_ms}", stack.base_url),
-        BenchPath::QueueNoShed => {
-            let base = stack.no_shed_url.as_ref().expect("checked at start");
+        BenchPath::QueueNoShed | BenchPath::QueueUnbatched => {
+            let base = stack.own_api_url(path).expect("checked at start");
             format!("{base}/orders?wait={wait_ms}")
         }
         BenchPath::Path(name) => format!("{}/orders?path={name}", stack.base_url),
@@ -219,10 +219,7 @@ async fn send_direct(bench: &Bench, path: BenchPath, request: OrderRequest) -> A
         }
     }
     if path.is_queue() {
-        let publisher = stack
-            .publisher
-            .as_ref()
-            .expect("direct mode has a publisher");
+        let publisher = stack.publisher(path).expect("direct mode has a publisher");
         let waiter = publisher.wait_for(request.request_id);
         if publisher.publish(&request, true).await.is_err() {
             return Answer::Error;
@@ -235,7 +232,7 @@ async fn send_direct(bench: &Bench, path: BenchPath, request: OrderRequest) -> A
     let registry = stack.registry.as_ref().expect("direct mode has the paths");
     let lock_path = match path {
         BenchPath::Path(name) => registry.get(name),
-        BenchPath::QueueNoShed => None,
+        BenchPath::QueueNoShed | BenchPath::QueueUnbatched => None,
     };
     let Some(lock_path) = lock_path else {
         return Answer::Error;

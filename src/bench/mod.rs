@@ -13,7 +13,7 @@
 //! Rooms: [`args`] (the flags), `preflight` (do the services answer?), `stack` (the system
 //! under test, wired in-process), `driver` and `open_model` (sending the load), `path_run`
 //! (one path's run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw),
-//! [`summary`] (what results.json holds), [`headline`], [`ceiling`], [`report`] (terminal,
+//! [`summary`] (what results.json holds), [`headline`], [`ceiling`] and `http_alone`, [`report`] (terminal,
 //! JSON), `html` and `charts` (the report), [`compare`], `cleanup` and [`environment`].
 
 pub mod answer;
@@ -27,6 +27,7 @@ mod driver;
 pub mod environment;
 pub mod headline;
 mod html;
+mod http_alone;
 mod open_model;
 mod path_run;
 mod preflight;
@@ -109,19 +110,24 @@ pub async fn run(
     };
 
     let pool = &bench.stack.pool;
-    let ceilings = if args.no_ceilings || !in_process {
+    let mut ceilings = if args.no_ceilings || !in_process {
         Ceilings::default()
     } else {
         ceiling::measure(
             pool,
             &broker,
             &consumer_args,
+            args.publish,
             &spec,
             &spec.attempts(),
             &mut all_items,
         )
         .await?
     };
+    if !args.no_ceilings && args.via == Via::Http {
+        let http = http_alone::measure(&bench.http, bench.concurrency).await?;
+        ceilings.http_requests_per_s = Some(http);
+    }
     bench.stack.stop().await?;
     let config = environment::Config {
         database: &database,

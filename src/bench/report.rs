@@ -205,6 +205,24 @@ fn ceiling_lines(out: &mut String, results: &BenchResults) {
             fraction(c.broker_msgs_per_s)
         );
     }
+    if let (Some(r), Some(m), Some(n)) = (
+        c.broker_batched_requests_per_s,
+        c.broker_batched_msgs_per_s,
+        c.broker_batch_size,
+    ) {
+        let _ = writeln!(
+            out,
+            "ceiling, broker batched:    {r:>8.0} requests/s ({m:.0} msg/s of {n} requests){}",
+            fraction(c.broker_batched_requests_per_s)
+        );
+    }
+    if let Some(h) = c.http_requests_per_s {
+        let _ = writeln!(
+            out,
+            "ceiling, HTTP alone:        {h:>8.0} requests/s (the bench's client, a no-work endpoint){}",
+            fraction(c.http_requests_per_s)
+        );
+    }
     if let Some(b) = c.broker_drain_msgs_per_s {
         let _ = writeln!(
             out,
@@ -260,6 +278,22 @@ fn comparison_lines(out: &mut String, paths: &[PathResult]) {
             q.decided_per_s,
             u.decided_per_s,
             q.latency.p99_ms,
+            u.latency.p99_ms
+        );
+    }
+    if let (Some(b), Some(u)) = (
+        find(paths, BenchPath::QueueNoShed),
+        find(paths, BenchPath::QueueUnbatched),
+    ) && u.decided_per_s > 0.0
+    {
+        let _ = writeln!(
+            out,
+            "batching on the wire: {:.1}× the decisions/s of {} ({:.0} vs {:.0}), p99 {:.1} ms vs {:.1} ms",
+            b.decided_per_s / u.decided_per_s,
+            u.path,
+            b.decided_per_s,
+            u.decided_per_s,
+            b.latency.p99_ms,
             u.latency.p99_ms
         );
     }

@@ -1,5 +1,6 @@
-//! The rows of the comparison: every purchase path, and the queue path once more with sold-out
-//! shedding turned off, so the report shows what answering `sold_out` at the door saves.
+//! The rows of the comparison: every purchase path, and the queue path twice more: with sold-out
+//! shedding turned off, so the report shows what answering `sold_out` at the door saves, and
+//! also with one request per broker message, so it shows what batching on the wire saves.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 use crate::sale::PathName;
 
-/// One row of the bench: a purchase path, or `queue-no-shed`.
+/// One row of the bench: a purchase path, `queue-no-shed` or `queue-unbatched`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BenchPath {
     /// A path as `POST /orders?path=NAME` names it (`queue` for the default).
@@ -16,6 +17,9 @@ pub enum BenchPath {
     /// The queue path with sold-out shedding turned off: every request goes through the broker
     /// to the decider.
     QueueNoShed,
+    /// `queue-no-shed` with one request per broker message (`SECKILL_PUBLISH_BATCH_MAX=1`, and
+    /// up to 1,000 messages awaiting their confirm).
+    QueueUnbatched,
 }
 
 impl BenchPath {
@@ -24,8 +28,8 @@ impl BenchPath {
     /// The deliberately unsafe path: its failed audit is the expected result, not a bug.
     pub const NAIVE: BenchPath = BenchPath::Path(PathName::Naive);
 
-    /// Every row, in report order: `queue` first, then the same without shedding, the unsafe
-    /// `naive` last.
+    /// Every row, in report order: `queue` first, then the same without shedding, and without
+    /// batching either; the unsafe `naive` last.
     pub fn all() -> Vec<BenchPath> {
         let mut rows: Vec<BenchPath> = PathName::ALL
             .iter()
@@ -33,6 +37,7 @@ impl BenchPath {
             .filter(|p| *p != Self::NAIVE)
             .collect();
         rows.insert(1, BenchPath::QueueNoShed);
+        rows.insert(2, BenchPath::QueueUnbatched);
         rows.push(Self::NAIVE);
         rows
     }
@@ -41,15 +46,22 @@ impl BenchPath {
         match self {
             BenchPath::Path(path) => path.as_str(),
             BenchPath::QueueNoShed => "queue-no-shed",
+            BenchPath::QueueUnbatched => "queue-unbatched",
         }
     }
 
-    /// Whether it decides through the broker and the consumer (with or without shedding).
+    /// Whether it decides through the broker and the consumer (with or without shedding or
+    /// batching).
     pub fn is_queue(self) -> bool {
         matches!(
             self,
-            BenchPath::QueueNoShed | BenchPath::Path(PathName::Queue)
+            BenchPath::QueueNoShed | BenchPath::QueueUnbatched | BenchPath::Path(PathName::Queue)
         )
+    }
+
+    /// Whether it needs the bench's own in-process API (it cannot run against `--url`).
+    pub fn needs_own_api(self) -> bool {
+        matches!(self, BenchPath::QueueNoShed | BenchPath::QueueUnbatched)
     }
 }
 
@@ -91,8 +103,9 @@ mod tests {
         let all = BenchPath::all();
         assert_eq!(all[0], BenchPath::QUEUE);
         assert_eq!(all[1], BenchPath::QueueNoShed);
+        assert_eq!(all[2], BenchPath::QueueUnbatched);
         assert_eq!(*all.last().unwrap(), BenchPath::NAIVE);
-        assert_eq!(all.len(), PathName::ALL.len() + 1);
+        assert_eq!(all.len(), PathName::ALL.len() + 2);
         for row in all {
             assert_eq!(row.as_str().parse::<BenchPath>(), Ok(row));
         }

@@ -4,6 +4,7 @@
 
 pub mod item_events;
 pub mod message;
+mod publish_line;
 pub mod publisher;
 pub mod topology;
 

@@ -2,6 +2,10 @@
 //! means "the broker has it"), and receives decisions through RabbitMQ's direct reply-to, so a
 //! client asking `?wait=` is answered without any polling of the database.
 //!
+//! Requests go out through one [`Line`] per partition, which batches those that queue up while
+//! the partition's previous messages await their confirm into one message: the broker's cost is
+//! per message, so this is what lifts the broker's ceiling (see [`super::publish_line`]).
+//!
 //! Direct reply-to is consumed on the same channel that publishes. Replies are at-most-once: a
 //! waiter that gets none falls back to `202 pending`, and the client to `GET /orders/{id}`.
 //! The channel is re-opened lazily after a broker outage, at most once per `RECONNECT_PAUSE`.
@@ -11,22 +15,25 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
 use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
 use super::item_events::ItemEvent;
-use super::message::{self, DIRECT_REPLY_TO};
+use super::message;
+use super::publish_line::Line;
 use super::topology::Topology;
+use crate::config::PublishArgs;
 use crate::domain::{OrderRequest, Outcome};
 
 /// Shortest pause between two attempts to reconnect, so an outage costs each request a fast 503
 /// rather than a connection attempt.
 const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
-#[derive(Debug, thiserror::Error)]
+/// Why a request was not accepted. Every request of a message gets its message's error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
     /// The broker could not be reached: the message was not handed over.
     #[error("the broker is unavailable: {0}")]
@@ -46,115 +53,86 @@ pub enum PublishError {
 /// Clients waiting for the decision of a request id (several may wait on the same id).
 type Waiters = Mutex<HashMap<Uuid, Vec<oneshot::Sender<Outcome>>>>;
 
-struct Link {
+/// An open channel in confirm mode, consuming its direct replies.
+struct Open {
     /// Kept so the connection lives as long as the channel.
     _connection: Connection,
     channel: Channel,
-    /// When it was opened: a link that refused a publish is renewed at most once per
-    /// `RECONNECT_PAUSE` (see [`Publisher::renew_after_refusal`]).
+    /// When it was opened: a channel that refused a publish is renewed at most once per
+    /// `RECONNECT_PAUSE` (see [`Link::renew_after_refusal`]).
     opened_at: Instant,
 }
 
-pub struct Publisher {
+/// The publisher's connection to the broker, shared by its lines: opened lazily again after
+/// an outage.
+pub(super) struct Link {
     amqp_url: String,
     /// The AMQP user of `amqp_url`: the `user_id` of its announcements.
     user: String,
     topology: Topology,
-    link: tokio::sync::RwLock<Option<Link>>,
+    open: tokio::sync::RwLock<Option<Open>>,
     /// When the last failed reconnect happened, to pace the next one.
     last_failure: Mutex<Option<Instant>>,
     waiters: Arc<Waiters>,
 }
 
+pub struct Publisher {
+    link: Arc<Link>,
+    /// One per partition, by partition number.
+    lines: Vec<Line>,
+}
+
 impl Publisher {
     /// Connects and declares the topology; fails if the broker is unreachable at start-up.
-    pub async fn connect(amqp_url: &str, topology: Topology) -> anyhow::Result<Self> {
-        let publisher = Self {
+    /// `batching` bounds the messages each partition's line sends (call inside the runtime).
+    pub async fn connect(
+        amqp_url: &str,
+        topology: Topology,
+        batching: PublishArgs,
+    ) -> anyhow::Result<Self> {
+        let link = Link {
             amqp_url: amqp_url.to_owned(),
             user: super::amqp_user(amqp_url)?,
             topology,
-            link: tokio::sync::RwLock::new(None),
+            open: tokio::sync::RwLock::new(None),
             last_failure: Mutex::new(None),
             waiters: Arc::default(),
         };
-        let link = publisher.open_link().await?;
-        *publisher.link.write().await = Some(link);
-        Ok(publisher)
+        let open = link.open().await?;
+        *link.open.write().await = Some(open);
+        let link = Arc::new(link);
+        let lines = (0..link.topology.partitions())
+            .map(|partition| Line::start(Arc::clone(&link), partition, batching))
+            .collect();
+        Ok(Self { link, lines })
     }
 
     pub fn topology(&self) -> &Topology {
-        &self.topology
+        &self.link.topology
     }
 
     /// True when the broker connection is up (for `/healthz`).
     pub async fn is_connected(&self) -> bool {
-        matches!(&*self.link.read().await, Some(link) if link.channel.status().connected())
+        matches!(&*self.link.open.read().await, Some(open) if open.channel.status().connected())
     }
 
-    /// Publishes one request and waits for the broker's confirm. With `reply` the consumer will
-    /// send the decision back; receive it with the [`Waiter`] from [`Publisher::wait_for`],
+    /// Publishes one request and waits for the broker's confirm of the message that carries it
+    /// (with others of its partition, when they queue up together). With `reply` the consumer
+    /// will send the decision back; receive it with the [`Waiter`] from [`Publisher::wait_for`],
     /// registered *before* publishing so a fast reply cannot be missed.
     pub async fn publish(&self, request: &OrderRequest, reply: bool) -> Result<(), PublishError> {
-        let channel = match self.channel().await {
-            Ok(channel) => channel,
-            Err(e) => {
-                crate::metrics::get()
-                    .publishes
-                    .with_label_values(&["unavailable"])
-                    .inc();
-                return Err(e);
-            }
-        };
-        let partition = self.topology.partition_of(request.item_id);
-        let props = message::request_properties(request, reply.then_some(DIRECT_REPLY_TO));
-        let confirm = channel
-            .basic_publish(
-                self.topology.orders_exchange().into(),
-                self.topology.routing_key(partition).into(),
-                // mandatory: an unroutable message comes back instead of vanishing.
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &message::encode(request),
-                props,
-            )
-            .await;
-        let result = match confirm {
-            Err(e) => Err(PublishError::Unavailable(e.to_string())),
-            Ok(confirm) => match confirm.await {
-                Ok(Confirmation::Ack(None)) => {
-                    crate::failpoint::hit("after_publish_confirmed");
-                    Ok(())
-                }
-                Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
-                Ok(Confirmation::Nack(_)) => {
-                    self.renew_after_refusal(&channel).await;
-                    Err(PublishError::Refused)
-                }
-                Ok(Confirmation::NotRequested) => unreachable!("the channel is in confirm mode"),
-                Err(e) => Err(PublishError::Unconfirmed(e.to_string())),
-            },
-        };
-        let label = match &result {
-            Ok(()) => "confirmed",
-            Err(PublishError::Refused) => "refused",
-            Err(PublishError::Unroutable) => "unroutable",
-            Err(PublishError::Unavailable(_)) => "unavailable",
-            Err(PublishError::Unconfirmed(_)) => "unconfirmed",
-        };
-        crate::metrics::get()
-            .publishes
-            .with_label_values(&[label])
-            .inc();
-        result
+        let partition = self.link.topology.partition_of(request.item_id);
+        self.lines[usize::from(partition)]
+            .publish(request, reply)
+            .await
     }
 
     /// Announces an item event (e.g. a restock) to every API instance and consumer, and waits
     /// for the broker's confirm.
     pub async fn announce(&self, event: &ItemEvent) -> Result<(), PublishError> {
-        let channel = self.channel().await?;
-        let confirm = super::item_events::publish(&channel, &self.topology, &self.user, event)
+        let link = &self.link;
+        let channel = link.channel().await?;
+        let confirm = super::item_events::publish(&channel, &link.topology, &link.user, event)
             .await
             .map_err(|e| PublishError::Unavailable(e.to_string()))?;
         match confirm.await {
@@ -164,28 +142,11 @@ impl Publisher {
         }
     }
 
-    /// Drops the link that refused a publish, so the next publish opens a fresh one — at most
-    /// once per `RECONNECT_PAUSE`, so a queue that is really full costs one reconnect a second.
-    /// Why: a channel keeps the overflow state each quorum queue told it, and one that could not
-    /// register as a publisher while the queue elected a new leader (its old leader's node lost)
-    /// refuses every later publish to that queue, though the queue is empty (seen on RabbitMQ
-    /// 3.10 with a SIGKILLed leader, `tests/cluster.rs`). A fresh channel asks the queue afresh.
-    /// Clients still waiting for a reply on the old channel fall back to `202 pending`.
-    async fn renew_after_refusal(&self, refused_on: &Channel) {
-        let mut slot = self.link.write().await;
-        let stale = slot.as_ref().is_some_and(|link| {
-            link.channel.id() == refused_on.id() && link.opened_at.elapsed() >= RECONNECT_PAUSE
-        });
-        if stale {
-            tracing::warn!("the broker refused a publish; the next publish opens a fresh channel");
-            slot.take();
-        }
-    }
-
     /// Registers interest in a request's decision.
     pub fn wait_for(&self, request_id: Uuid) -> Waiter {
         let (tx, rx) = oneshot::channel();
-        self.waiters
+        let waiters = &self.link.waiters;
+        waiters
             .lock()
             .expect("waiters lock")
             .entry(request_id)
@@ -194,22 +155,46 @@ impl Publisher {
         Waiter {
             request_id,
             rx: Some(rx),
-            waiters: Arc::clone(&self.waiters),
+            waiters: Arc::clone(waiters),
+        }
+    }
+}
+
+impl Link {
+    pub(super) fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Drops the channel that refused a publish, so the next publish opens a fresh one — at most
+    /// once per `RECONNECT_PAUSE`, so a queue that is really full costs one reconnect a second.
+    /// Why: a channel keeps the overflow state each quorum queue told it, and one that could not
+    /// register as a publisher while the queue elected a new leader (its old leader's node lost)
+    /// refuses every later publish to that queue, though the queue is empty (seen on RabbitMQ
+    /// 3.10 with a SIGKILLed leader, `tests/cluster.rs`). A fresh channel asks the queue afresh.
+    /// Clients still waiting for a reply on the old channel fall back to `202 pending`.
+    pub(super) async fn renew_after_refusal(&self, refused_on: &Channel) {
+        let mut slot = self.open.write().await;
+        let stale = slot.as_ref().is_some_and(|open| {
+            open.channel.id() == refused_on.id() && open.opened_at.elapsed() >= RECONNECT_PAUSE
+        });
+        if stale {
+            tracing::warn!("the broker refused a publish; the next publish opens a fresh channel");
+            slot.take();
         }
     }
 
     /// The current channel, re-opened if the broker went away.
-    async fn channel(&self) -> Result<Channel, PublishError> {
-        if let Some(link) = &*self.link.read().await
-            && link.channel.status().connected()
+    pub(super) async fn channel(&self) -> Result<Channel, PublishError> {
+        if let Some(open) = &*self.open.read().await
+            && open.channel.status().connected()
         {
-            return Ok(link.channel.clone());
+            return Ok(open.channel.clone());
         }
-        let mut slot = self.link.write().await;
-        if let Some(link) = &*slot
-            && link.channel.status().connected()
+        let mut slot = self.open.write().await;
+        if let Some(open) = &*slot
+            && open.channel.status().connected()
         {
-            return Ok(link.channel.clone());
+            return Ok(open.channel.clone());
         }
         if slot.take().is_some() {
             tracing::warn!("publisher lost its broker connection; reconnecting");
@@ -220,15 +205,15 @@ impl Publisher {
                 return Err(PublishError::Unavailable("reconnecting".into()));
             }
         }
-        match self.open_link().await {
-            Ok(link) => {
+        match self.open().await {
+            Ok(open) => {
                 crate::metrics::get()
                     .broker_reconnects
                     .with_label_values(&["publisher"])
                     .inc();
                 tracing::info!("publisher reconnected to the broker");
-                let channel = link.channel.clone();
-                *slot = Some(link);
+                let channel = open.channel.clone();
+                *slot = Some(open);
                 Ok(channel)
             }
             Err(e) => {
@@ -239,7 +224,7 @@ impl Publisher {
         }
     }
 
-    async fn open_link(&self) -> anyhow::Result<Link> {
+    async fn open(&self) -> anyhow::Result<Open> {
         // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
         let name = format!("seckill-api {}", self.topology.orders_exchange());
         let connection = super::connect(&self.amqp_url, &name).await?;
@@ -250,7 +235,7 @@ impl Publisher {
             .await?;
         let replies = channel
             .basic_consume(
-                DIRECT_REPLY_TO.into(),
+                message::DIRECT_REPLY_TO.into(),
                 "seckill-api-replies".into(),
                 // Direct reply-to is always consumed without acks.
                 BasicConsumeOptions {
@@ -261,7 +246,7 @@ impl Publisher {
             )
             .await?;
         tokio::spawn(dispatch_replies(replies, Arc::clone(&self.waiters)));
-        Ok(Link {
+        Ok(Open {
             _connection: connection,
             channel,
             opened_at: Instant::now(),

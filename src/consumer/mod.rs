@@ -11,6 +11,7 @@
 //! subscribes again a little later, at the back of the line, as a standby.
 
 pub mod balance;
+mod batch;
 pub mod lease;
 pub mod partition;
 pub mod sequencer;
@@ -49,7 +50,7 @@ pub(crate) struct Context {
     /// The AMQP user of the connection: the `user_id` of the consumer's `sold_out`
     /// announcements.
     pub amqp_user: String,
-    /// Items announced restocked: each partition drops their state before its next batch. A
+    /// Items announced restocked: each partition re-reads their rows before its next batch. A
     /// fast path only: a batch that would answer `sold_out` also checks the stored generation
     /// (`partition::forget_missed_restocks`), so a lost announcement costs no unit.
     pub restocked: broadcast::Sender<ItemId>,
@@ -382,7 +383,8 @@ impl Connected {
 /// Hands each restock announcement to the partitions, until shutdown, on a connection of its own
 /// that [`item_events::listen`] re-opens whenever it is lost. Announcements missed meanwhile need
 /// no repair here: a partition about to answer `sold_out` for an item checks its stored
-/// generation and reloads it if a restock happened since (`partition::forget_missed_restocks`).
+/// generation and re-reads its stock if a restock happened since
+/// (`partition::forget_missed_restocks`).
 async fn relay_restocks(
     amqp_url: String,
     topology: Topology,
@@ -396,7 +398,7 @@ async fn relay_restocks(
     );
     let relay = move |heard| {
         if let Heard::Event(ItemEvent::Restocked { item_id, .. }) = heard {
-            tracing::info!(item_id, "item restocked; its state will be reloaded");
+            tracing::info!(item_id, "item restocked; its stock will be re-read");
             let _ = restocked.send(item_id);
         }
     };

@@ -2,7 +2,7 @@
 //! commit every decision in one transaction, and only then ack and reply.
 //!
 //! ```text
-//!   deliveries ─► batch (≤ batch_size_max, ≤ linger) ─► decode ─► stored outcomes? ─► Sequencer
+//!   deliveries ─► decode ─► batch (≤ batch_size_max requests, ≤ linger) ─► stored outcomes? ─► Sequencer
 //!        ▲                                                                              │
 //!        └─ ack(multiple, last tag) ◄─ dead letters confirmed ◄─ COMMIT (one fsync) ◄───┘
 //!                      └─► replies (direct reply-to)
@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Context;
+use super::batch::{Batch, Place};
 use super::sequencer::Sequencer;
 use crate::broker::item_events::{self, ItemEvent};
 use crate::broker::message;
@@ -113,22 +114,12 @@ struct Subscription {
     decider: Decider,
 }
 
-/// A batch's deliveries, sorted by what becomes of them.
-struct Batch {
-    deliveries: Vec<Delivery>,
-    /// The requests to decide, in delivery order, each with the index of its delivery. Once the
-    /// batch is committed, only those decided are left, one per answer.
-    requests: Vec<(usize, OrderRequest)>,
-    /// Deliveries to dead-letter, by index, with the reason: undecodable, or undecidable.
-    rejects: Vec<(usize, String)>,
-}
-
 /// What a committed batch decided.
 struct Committed {
     /// One answer per decided request, in order.
     answers: Vec<Outcome>,
-    /// Why some requests could not be decided, by delivery index.
-    undecidable: HashMap<usize, String>,
+    /// Why some requests could not be decided, by where they came from.
+    undecidable: HashMap<Place, String>,
     /// Commits that failed before this one succeeded.
     failed_attempts: u32,
 }
@@ -163,17 +154,20 @@ impl Subscription {
         }
     }
 
-    /// The batch that starts with `first`: what else arrives within the linger, up to the size.
+    /// The batch that starts with `first`: what else arrives within the linger, until it holds
+    /// `batch_size_max` requests (a batch message counts its elements; it is taken whole).
     async fn fill_batch(
         &self,
         first: Delivery,
         deliveries: &mut lapin::Consumer,
-    ) -> anyhow::Result<Vec<Delivery>> {
-        let mut batch = vec![first];
+    ) -> anyhow::Result<Batch> {
+        let topology = &self.context.topology;
+        let mut batch = Batch::default();
+        batch.take(first, topology, self.partition);
         let deadline = tokio::time::Instant::now() + self.context.args.batch_linger();
-        while batch.len() < usize::from(self.context.args.batch_size_max) {
+        while batch.elements() < usize::from(self.context.args.batch_size_max) {
             match tokio::time::timeout_at(deadline, deliveries.next()).await {
-                Ok(next) => batch.push(next_delivery(next, &self.queue)?),
+                Ok(next) => batch.take(next_delivery(next, &self.queue)?, topology, self.partition),
                 Err(_linger_over) => break,
             }
         }
@@ -185,12 +179,12 @@ impl Subscription {
     /// could not be decided and ack everything, then reply and announce.
     #[tracing::instrument(name = "batch", skip_all, fields(
         partition = self.partition,
-        size = deliveries.len(),
+        size = batch.elements(),
+        deliveries = batch.deliveries.len(),
         epoch = self.decider.fence.as_ref().map(|f| f.epoch),
     ))]
-    async fn process_batch(&mut self, deliveries: Vec<Delivery>) -> anyhow::Result<()> {
+    async fn process_batch(&mut self, mut batch: Batch) -> anyhow::Result<()> {
         let started = Instant::now();
-        let mut batch = Batch::decode(deliveries);
         crate::failpoint::hit("before_decide");
         let committed = self.decide_and_commit(&batch).await?;
         let commit_time = started.elapsed();
@@ -199,7 +193,8 @@ impl Subscription {
         self.settle(&batch).await?;
         let replied = self.reply_and_announce(&batch, &committed.answers).await;
         tracing::debug!(
-            size = batch.deliveries.len(),
+            size = batch.elements(),
+            deliveries = batch.deliveries.len(),
             decided = committed.answers.len(),
             dead_lettered = batch.rejects.len(),
             redelivered = batch.redelivered(),
@@ -300,51 +295,6 @@ impl Subscription {
     }
 }
 
-impl Batch {
-    /// Sorts the deliveries into decodable requests and messages to dead-letter.
-    fn decode(deliveries: Vec<Delivery>) -> Self {
-        let mut requests = Vec::with_capacity(deliveries.len());
-        let mut rejects = Vec::new();
-        for (index, delivery) in deliveries.iter().enumerate() {
-            match message::decode(&delivery.properties, &delivery.data) {
-                Ok(request) => requests.push((index, request)),
-                Err(reason) => rejects.push((index, reason.0)),
-            }
-        }
-        Self {
-            deliveries,
-            requests,
-            rejects,
-        }
-    }
-
-    fn redelivered(&self) -> usize {
-        self.deliveries.iter().filter(|d| d.redelivered).count()
-    }
-
-    fn last_tag(&self) -> u64 {
-        let last = self.deliveries.last().expect("a batch is never empty");
-        last.delivery_tag
-    }
-
-    fn item_ids(&self) -> impl Iterator<Item = ItemId> + '_ {
-        self.requests.iter().map(|(_, r)| r.item_id)
-    }
-
-    /// Moves the requests that could not be decided to the dead letters, leaving the decided
-    /// ones, in order.
-    fn set_aside(&mut self, mut undecidable: HashMap<usize, String>) {
-        self.requests
-            .retain(|(index, _)| match undecidable.remove(index) {
-                Some(reason) => {
-                    self.rejects.push((*index, reason));
-                    false
-                }
-                None => true,
-            });
-    }
-}
-
 /// Counts the committed batch, and logs each decided request at `debug` (the API logs the same
 /// request id, so one grep follows a request through both).
 fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration) {
@@ -356,10 +306,7 @@ fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration)
         );
     }
     let metrics = crate::metrics::get();
-    metrics
-        .consumer
-        .batch_size
-        .observe(batch.deliveries.len() as f64);
+    metrics.consumer.batch_size.observe(batch.elements() as f64);
     metrics
         .consumer
         .commit_latency
@@ -372,7 +319,7 @@ fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration)
         let decided = batch
             .requests
             .iter()
-            .filter(|(index, _)| !committed.undecidable.contains_key(index));
+            .filter(|(place, _)| !committed.undecidable.contains_key(place));
         for ((_, request), outcome) in decided.zip(&committed.answers) {
             tracing::debug!(request_id = %request.request_id, item_id = request.item_id,
                 status = %outcome.status.as_str(), "request decided");
@@ -385,8 +332,8 @@ fn report_committed(batch: &Batch, committed: &Committed, commit_time: Duration)
 /// many answers were sent.
 async fn reply(channel: &Channel, batch: &Batch, answers: &[Outcome]) -> usize {
     let mut replies: HashMap<&ShortString, Vec<Outcome>> = HashMap::new();
-    for ((index, _), outcome) in batch.requests.iter().zip(answers) {
-        if let Some(reply_to) = batch.deliveries[*index].properties.reply_to() {
+    for ((place, _), outcome) in batch.requests.iter().zip(answers) {
+        if let Some(reply_to) = batch.deliveries[place.delivery].properties.reply_to() {
             replies.entry(reply_to).or_default().push(*outcome);
         }
     }
@@ -409,13 +356,13 @@ async fn reply(channel: &Channel, batch: &Batch, answers: &[Outcome]) -> usize {
     replied
 }
 
-/// Drops the state of items restocked since the last batch: their next request reloads them
-/// from the database, new units included.
+/// Marks the items restocked since the last batch: their next batch re-reads their stock from
+/// the database, new units included (not their buyers: a restock writes no order).
 fn forget_restocked(restocked: &mut broadcast::Receiver<ItemId>, sequencer: &mut Sequencer) {
     loop {
         match restocked.try_recv() {
-            Ok(item_id) => sequencer.forget([item_id]),
-            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.forget_all(),
+            Ok(item_id) => sequencer.mark_restocked([item_id]),
+            Err(broadcast::error::TryRecvError::Lagged(_)) => sequencer.mark_all_restocked(),
             Err(_empty_or_closed) => return,
         }
     }
@@ -492,16 +439,16 @@ impl Decider {
     }
 
     /// Loads what the sequencer needs, decides, and commits. Returns one answer per request it
-    /// decided (in order) and, by delivery index, why it could not decide the others: their item
+    /// decided (in order) and, by where they came from, why it could not decide the others: their item
     /// does not exist, or no request may ask their quantity of it. The outcomes stored for the
     /// ids of `look_up` are answered, not decided again.
     async fn decide_and_commit_once(
         &mut self,
         pool: &sqlx::PgPool,
         queue: &str,
-        pending: &[(usize, OrderRequest)],
+        pending: &[(Place, OrderRequest)],
         look_up: &[Uuid],
-    ) -> Result<(Vec<Outcome>, HashMap<usize, String>), CommitError> {
+    ) -> Result<(Vec<Outcome>, HashMap<Place, String>), CommitError> {
         self.take_epoch_once(pool, queue).await?;
         let fence = self.fence.as_ref().expect("taken above");
         let stored: HashMap<Uuid, Outcome> = if look_up.is_empty() {
@@ -566,12 +513,13 @@ impl Decider {
 }
 
 /// Loads the state of every item of `pending` the sequencer does not know yet (those that do
-/// not exist stay unknown).
+/// not exist stay unknown), after re-reading the rows of the items marked restocked.
 async fn load_items(
     pool: &sqlx::PgPool,
     sequencer: &mut Sequencer,
-    pending: &[(usize, OrderRequest)],
+    pending: &[(Place, OrderRequest)],
 ) -> sqlx::Result<()> {
+    sequencer.refresh(store::load_item_stocks(pool, &sequencer.restocked()).await?);
     let mut unknown = Vec::new();
     for (_, request) in pending {
         let item_id = request.item_id;
@@ -589,10 +537,10 @@ async fn load_items(
     Ok(())
 }
 
-/// Drops the state of every item of `pending` that is short in memory — fewer units left than
+/// Marks restocked every item of `pending` that is short in memory — fewer units left than
 /// the batch asks of it, so some of its requests would be answered `sold_out` — when a restock
-/// has been committed since the state was loaded; [`load_items`] then reloads it, new units
-/// included. This is what makes a restock sell whatever happens to its announcement: a lost
+/// has been committed since the state was loaded; [`load_items`] then re-reads its stock, new
+/// units included. This is what makes a restock sell whatever happens to its announcement: a lost
 /// `restocked` would otherwise leave the item sold out in memory for as long as demand keeps it
 /// from going idle (its `sold_out` answers re-announce it, so the API instances keep shedding it
 /// too). One indexed read for a batch's short items, at most every [`RESTOCK_CHECK_EVERY`] per
@@ -602,7 +550,7 @@ async fn forget_missed_restocks(
     pool: &sqlx::PgPool,
     sequencer: &mut Sequencer,
     checked: &mut HashMap<ItemId, Instant>,
-    pending: &[(usize, OrderRequest)],
+    pending: &[(Place, OrderRequest)],
 ) -> sqlx::Result<()> {
     let now = Instant::now();
     let mut asked: HashMap<ItemId, i64> = HashMap::new();
@@ -646,29 +594,29 @@ async fn forget_missed_restocks(
     for item_id in &restocked {
         tracing::info!(
             item_id,
-            "item restocked since its state was loaded; reloading it"
+            "item restocked since its state was loaded; re-reading its stock"
         );
     }
-    sequencer.forget(restocked);
+    sequencer.mark_restocked(restocked);
     Ok(())
 }
 
-/// The requests the sequencer may decide, and why it may not decide the others, by delivery
-/// index.
+/// The requests the sequencer may decide, and why it may not decide the others, by where they
+/// came from.
 fn sort_out_undecidable(
     sequencer: &Sequencer,
-    pending: &[(usize, OrderRequest)],
-) -> (Vec<OrderRequest>, HashMap<usize, String>) {
+    pending: &[(Place, OrderRequest)],
+) -> (Vec<OrderRequest>, HashMap<Place, String>) {
     let mut undecidable = HashMap::new();
     let mut requests: Vec<OrderRequest> = Vec::with_capacity(pending.len());
-    for (index, request) in pending {
+    for (place, request) in pending {
         let refusal = match sequencer.state(request.item_id) {
             None => Some(format!("unknown item {}", request.item_id)),
             Some(state) => state.refusal(request.quantity),
         };
         match refusal {
             Some(reason) => {
-                undecidable.insert(*index, reason);
+                undecidable.insert(*place, reason);
             }
             None => requests.push(request.clone()),
         }
@@ -708,10 +656,11 @@ async fn announce_sold_out(context: &Context, channel: &Channel, decider: &Decid
 /// broker to confirm every copy (only then may the originals be acked).
 async fn dead_letter(context: &Context, batch: &Batch) -> anyhow::Result<()> {
     let exchange = context.topology.dead_letter_exchange();
-    let publishes = batch.rejects.iter().map(|(index, reason)| {
-        let delivery = &batch.deliveries[*index];
-        tracing::warn!(%reason, queue = %delivery.routing_key, "dead-lettering a message");
-        let props = message::dead_letter_properties(&delivery.properties, reason);
+    let publishes = batch.rejects.iter().map(|reject| {
+        let delivery = &batch.deliveries[reject.place.delivery];
+        tracing::warn!(reason = %reject.reason, element = reject.place.element.map(|e| e.index),
+            queue = %delivery.routing_key, "dead-lettering a message");
+        let (body, props) = batch.dead_letter(reject);
         let exchange = exchange.clone();
         async move {
             let confirm = context
@@ -720,7 +669,7 @@ async fn dead_letter(context: &Context, batch: &Batch) -> anyhow::Result<()> {
                     exchange.into(),
                     "".into(),
                     BasicPublishOptions::default(),
-                    &delivery.data,
+                    body,
                     props,
                 )
                 .await?

@@ -13,7 +13,7 @@
 //! whose rule is the one the lock-based paths apply too; what it adds is the batch — repeats
 //! answered alike, and one [`BatchDecision`] for the group commit.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -21,7 +21,7 @@ use rand::rngs::StdRng;
 use uuid::Uuid;
 
 use crate::domain::{ItemId, OrderRequest, Outcome, Status};
-use crate::sale::{BatchDecision, Holding, ItemState, NewOrder, NewOutcome, Seen, Sold};
+use crate::sale::{BatchDecision, Holding, ItemState, ItemStock, NewOrder, NewOutcome, Seen, Sold};
 
 /// Per-partition decider: the in-memory state of the items it has seen recently.
 #[derive(Debug)]
@@ -33,6 +33,9 @@ pub struct Sequencer {
     rng: StdRng,
     /// What the last batch changed, to take it back if its commit is refused.
     last_batch: Vec<Change>,
+    /// Known items restocked since their row was read: their row (stock, generation) must be
+    /// read again before they are decided, their buyers need not (see [`Sequencer::refresh`]).
+    restocked: HashSet<ItemId>,
 }
 
 /// One sale's change to an item's state: what it was before.
@@ -63,6 +66,7 @@ impl Sequencer {
             last_used: HashMap::new(),
             rng,
             last_batch: Vec::new(),
+            restocked: HashSet::new(),
         }
     }
 
@@ -107,6 +111,7 @@ impl Sequencer {
         });
         let items = &self.items;
         self.last_used.retain(|id, _| items.contains_key(id));
+        self.restocked.retain(|id| items.contains_key(id));
         let evicted = before - self.items.len();
         if evicted > 0 && self.items.capacity() > 4 * self.items.len().max(16) {
             // Give the memory of a sale that is over back, not just the entries.
@@ -122,6 +127,7 @@ impl Sequencer {
         for id in item_ids {
             self.items.remove(&id);
             self.last_used.remove(&id);
+            self.restocked.remove(&id);
         }
     }
 
@@ -130,6 +136,43 @@ impl Sequencer {
         self.items.clear();
         self.last_used.clear();
         self.last_batch.clear();
+        self.restocked.clear();
+    }
+
+    /// Notes that these items were restocked: their stock and generation are stale, their buyers
+    /// are not (a restock writes no order). The caller re-reads their rows before it decides
+    /// them ([`Sequencer::restocked`], [`Sequencer::refresh`]) — one row each instead of every
+    /// order of the item. Items not in memory are loaded whole anyway and are ignored.
+    pub fn mark_restocked(&mut self, item_ids: impl IntoIterator<Item = ItemId>) {
+        for id in item_ids {
+            if self.items.contains_key(&id) {
+                self.restocked.insert(id);
+            }
+        }
+    }
+
+    /// [`Sequencer::mark_restocked`] for every item in memory (restock news was lost).
+    pub fn mark_all_restocked(&mut self) {
+        self.restocked.extend(self.items.keys().copied());
+    }
+
+    /// The items marked restocked, whose rows are to be read for [`Sequencer::refresh`].
+    pub fn restocked(&self) -> Vec<ItemId> {
+        self.restocked.iter().copied().collect()
+    }
+
+    /// Takes the rows read for the items marked restocked, keeping their buyers
+    /// ([`ItemState::refresh`]), and clears the marks. A marked item whose row is missing from
+    /// `rows` no longer exists: it is forgotten. Only between batches (everything decided is
+    /// committed), as the rows must be read then.
+    pub fn refresh(&mut self, mut rows: HashMap<ItemId, ItemStock>) {
+        for id in std::mem::take(&mut self.restocked) {
+            match (self.items.get_mut(&id), rows.remove(&id)) {
+                (Some(state), Some(row)) => state.refresh(row),
+                (Some(_), None) => self.forget([id]),
+                (None, _) => {}
+            }
+        }
     }
 
     /// Keeps the last batch's changes for good (its commit succeeded): nothing is left to undo.
@@ -352,6 +395,56 @@ mod tests {
         let again = s.decide_batch(&refused, &HashMap::new(), Uuid::new_v4);
         assert_eq!(again.sold, d.sold);
         assert_eq!(s.state(1).unwrap().stock_remaining, 1);
+    }
+
+    #[test]
+    fn a_restocked_item_takes_its_new_row_and_keeps_its_buyers() {
+        let mut s = sequencer_with(1, 1);
+        s.insert(2, ItemState::goods(5, 1));
+        let sold = s.decide_batch(&[request(1, "a")], &HashMap::new(), Uuid::new_v4);
+        s.keep_last_batch();
+        assert_eq!(sold.answers[0].status, Status::Purchased);
+        let buyers = s.state(1).unwrap().buyers.clone();
+
+        s.mark_restocked([1, 99]); // 99 is not in memory: it is loaded whole when it comes
+        assert_eq!(s.restocked(), [1]);
+        let row = ItemStock {
+            stock_remaining: 3,
+            rules: s.state(1).unwrap().rules,
+            packet_remaining: None,
+            generation: 1,
+        };
+        s.refresh(HashMap::from([(1, row)]));
+        assert!(s.restocked().is_empty());
+        let state = s.state(1).unwrap();
+        assert_eq!((state.stock_remaining, state.generation), (3, 1));
+        assert_eq!(state.buyers, buyers, "a restock writes no order");
+        assert_eq!(
+            s.state(2).unwrap().stock_remaining,
+            5,
+            "not marked: untouched"
+        );
+
+        // The buyer is still known: a repeat is refused, new buyers get the new units.
+        let reqs = vec![request(1, "a"), request(1, "b")];
+        let d = s.decide_batch(&reqs, &HashMap::new(), Uuid::new_v4);
+        let statuses: Vec<_> = d.answers.iter().map(|o| o.status).collect();
+        assert_eq!(statuses, [Status::AlreadyPurchased, Status::Purchased]);
+    }
+
+    #[test]
+    fn a_restocked_item_whose_row_is_gone_is_forgotten_and_a_forgotten_one_unmarked() {
+        let mut s = sequencer_with(1, 1);
+        s.insert(2, ItemState::red_packet(100, 4));
+        s.mark_all_restocked();
+        let mut marked = s.restocked();
+        marked.sort_unstable();
+        assert_eq!(marked, [1, 2]);
+        s.forget([2]);
+        assert_eq!(s.restocked(), [1]);
+        s.refresh(HashMap::new());
+        assert!(!s.knows(1), "no row: the item no longer exists");
+        assert!(s.restocked().is_empty());
     }
 
     #[test]

@@ -12,8 +12,8 @@
 
 use sqlx::PgPool;
 
-use super::{LockedItem, PathError, PurchasePath, decide_locked};
-use crate::domain::{ItemKind, OrderRequest, Outcome};
+use super::{PathError, PurchasePath, decide_locked, read_locked};
+use crate::domain::{OrderRequest, Outcome};
 use crate::sale::PathName;
 
 pub struct Advisory {
@@ -43,19 +43,7 @@ impl PurchasePath for Advisory {
             .execute(&mut *tx)
             .await?;
         // Read after the lock was granted: this snapshot includes every earlier holder's sale.
-        type Row = (i64, ItemKind, i64, Option<uuid::Uuid>, Option<i64>);
-        let (stock, kind, per_user_limit, order_id, units): Row = sqlx::query_as(
-            "SELECT i.stock_remaining, i.kind, i.per_user_limit, o.id, o.quantity
-             FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
-             WHERE i.id = $1",
-        )
-        .bind(request.item_id)
-        .bind(&request.user_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(PathError::NoSuchItem)?;
-
-        let item = LockedItem::from_row((stock, kind, per_user_limit), order_id.zip(units));
+        let item = read_locked(&mut tx, request).await?;
         let outcome = decide_locked(&mut tx, self.name(), request, item).await?;
         tx.commit().await?;
         Ok(outcome)

@@ -52,7 +52,7 @@ pub async fn sell(
         return Ok(outcome);
     };
     let sold = sqlx::query(
-        "UPDATE items SET stock_remaining = stock_remaining - 1
+        "UPDATE items SET stock_remaining = stock_remaining - 1, sold = sold + 1
          WHERE id = $1 AND stock_remaining > 0",
     )
     .bind(request.item_id)

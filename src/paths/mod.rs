@@ -8,9 +8,10 @@
 //! What they share lives here, so that a path's file holds only its algorithm:
 //! - [`decide`]: idempotency. A request id that already has an outcome gets it back and never a
 //!   second order; a concurrent duplicate that loses a unique constraint re-reads the winner's.
-//! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory),
-//!   any quantity up to the item's per-user limit, by the sale's one rule
-//!   ([`crate::sale::ItemRules::judge`]), the rule the queue path's sequencer applies too.
+//! - [`decide_locked`]: the decision of a path that holds the item's lock (pessimistic, advisory,
+//!   lock-table), any quantity up to the item's per-user limit, by the sale's one rule
+//!   ([`crate::sale::ItemRules::judge`]), the rule the queue path's sequencer applies too, and
+//!   a red packet's share by its one share rule ([`crate::sale::draw_share`]).
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
@@ -22,6 +23,7 @@
 
 pub mod advisory;
 pub mod conditional;
+pub mod lock_table;
 pub mod naive;
 pub mod optimistic;
 pub mod pessimistic;
@@ -41,7 +43,7 @@ use uuid::Uuid;
 use crate::backoff;
 use crate::config::PathArgs;
 use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
-use crate::sale::{Holding, ItemRules, PathName, Seen};
+use crate::sale::{Holding, ItemRules, PathName, Seen, draw_share};
 use crate::store;
 use redis_store::RedisStore;
 
@@ -55,6 +57,9 @@ Purchase paths (POST /orders?path=NAME):
   optimistic   version column compare-and-set, bounded jittered retries, then failed_retry
   conditional  one UPDATE ... WHERE stock_remaining > 0 plus the order, in one transaction
   advisory     pg_advisory_xact_lock per item around the decision
+  lock-table   FLAWED, seed 002's pattern: a row in a lock table is the lock, one older than
+               SECKILL_LOCK_TABLE_TTL_MS is deleted as dead and taken over; a holder slower
+               than that is overtaken while it works, and only the schema stops an oversell
   redis-lock   Redis lock per item (SET NX PX), fencing token checked by the database write
   redis-watch  WATCH/MULTI/EXEC on the Redis stock and buyer set, retried on abort
   redis-lua    one Lua script decides in Redis; compensated if the database write fails
@@ -74,8 +79,16 @@ pub trait PurchasePath: Send + Sync {
 
     /// Whether it sells any quantity of goods up to the item's `per_user_limit`. A path that
     /// does not is given only quantity 1 of items with a limit of 1 (the API refuses the rest):
-    /// its algorithm counts one order row as one unit. No path here sells red packets.
+    /// its algorithm counts one order row as one unit.
     fn sells_quantities(&self) -> bool {
+        false
+    }
+
+    /// Whether it sells red packets: draws each grab's share by the sale's one rule
+    /// ([`crate::sale::draw_share`], the queue path's too) from the amount and the shares left
+    /// it read, and pays it out in the same write as the share. The API refuses red packets to
+    /// a path that does not.
+    fn sells_red_packets(&self) -> bool {
         false
     }
 
@@ -193,13 +206,19 @@ pub struct LockedItem {
     pub rules: ItemRules,
     /// The user's order and the units it holds, if the user bought before.
     pub holding: Option<Holding>,
+    /// A red packet's amount not paid out yet, to split among the `stock` shares left; `None`
+    /// for goods.
+    pub packet_remaining: Option<i64>,
 }
 
+/// The columns of an item a locking path reads: stock, kind, limit, red packet amount left.
+pub type ItemColumns = (i64, ItemKind, i64, Option<i64>);
+
 impl LockedItem {
-    /// From the columns a locking path reads: the item's stock, kind and limit, and the user's
-    /// order id and units (both `None` when the user holds no order).
+    /// From the columns a locking path reads: the item's stock, kind, limit and red packet
+    /// amount left, and the user's order id and units (both `None` when the user holds none).
     pub fn from_row(
-        (stock, kind, per_user_limit): (i64, ItemKind, i64),
+        (stock, kind, per_user_limit, packet_remaining): ItemColumns,
         holding: Option<(Uuid, i64)>,
     ) -> Self {
         Self {
@@ -209,14 +228,43 @@ impl LockedItem {
                 per_user_limit,
             },
             holding: holding.map(|(order_id, units)| Holding { order_id, units }),
+            packet_remaining,
         }
     }
+}
+
+/// What a locking path whose lock is not the item's row (advisory, lock-table) reads once it
+/// holds the lock: the item and the user's holding, in one statement of the caller's
+/// transaction, so its snapshot is taken after the lock was granted and includes every earlier
+/// holder's sale.
+pub async fn read_locked(
+    tx: &mut sqlx::PgConnection,
+    request: &OrderRequest,
+) -> Result<LockedItem, PathError> {
+    type Row = (i64, ItemKind, i64, Option<i64>, Option<Uuid>, Option<i64>);
+    let (stock, kind, per_user_limit, packet_remaining, order_id, units): Row = sqlx::query_as(
+        "SELECT i.stock_remaining, i.kind, i.per_user_limit, i.packet_remaining,
+                o.id, o.quantity
+         FROM items i LEFT JOIN orders o ON o.item_id = i.id AND o.user_id = $2
+         WHERE i.id = $1",
+    )
+    .bind(request.item_id)
+    .bind(&request.user_id)
+    .fetch_optional(tx)
+    .await?
+    .ok_or(PathError::NoSuchItem)?;
+    Ok(LockedItem::from_row(
+        (stock, kind, per_user_limit, packet_remaining),
+        order_id.zip(units),
+    ))
 }
 
 /// The decision a locking path makes once it holds the item's lock and has read, under it, the
 /// stock, the rules and what the user holds: the sale's rule ([`ItemRules::judge`]: limit first,
 /// then stock); the order (new, or the user's grown), the decrement and the outcome are written
-/// in the caller's transaction, which keeps the lock until it commits.
+/// in the caller's transaction, which keeps the lock until it commits. A red packet grab's share
+/// is drawn here by the sale's one share rule ([`draw_share`], the queue path's decider's too)
+/// from the amount left it read, and paid out in the same stock update.
 pub async fn decide_locked(
     tx: &mut sqlx::PgConnection,
     path: PathName,
@@ -234,6 +282,10 @@ pub async fn decide_locked(
     if let Err(refusal) = judged {
         return record_outcome_seen(&mut *tx, path, request, refusal.status(), None, seen).await;
     }
+    // A red packet: one share of one per user, so this is the user's first order.
+    let amount = item
+        .packet_remaining
+        .map(|rest| draw_share(rest, item.stock, &mut rand::rng()));
     let order_id = match item.holding {
         Some(holding) => {
             sqlx::query("UPDATE orders SET quantity = quantity + $2 WHERE id = $1")
@@ -244,16 +296,23 @@ pub async fn decide_locked(
             holding.order_id
         }
         // A conflict is impossible under the lock unless another path sold meanwhile.
-        None => insert_holding(&mut *tx, request, item.rules.per_user_limit)
+        None => insert_holding(&mut *tx, request, item.rules.per_user_limit, amount)
             .await?
             .ok_or(PathError::AlreadyDecided)?,
     };
-    sqlx::query("UPDATE items SET stock_remaining = stock_remaining - $2 WHERE id = $1")
-        .bind(request.item_id)
-        .bind(request.quantity)
-        .execute(&mut *tx)
-        .await?;
-    record_outcome_seen(
+    // Relative writes: what another writer sold meanwhile is kept, and the constraints
+    // (stock never negative, a packet never overspent) refuse what would pass zero.
+    sqlx::query(
+        "UPDATE items SET stock_remaining = stock_remaining - $2, sold = sold + $2,
+                          packet_remaining = packet_remaining - $3
+         WHERE id = $1",
+    )
+    .bind(request.item_id)
+    .bind(request.quantity)
+    .bind(amount)
+    .execute(&mut *tx)
+    .await?;
+    let mut outcome = record_outcome_seen(
         &mut *tx,
         path,
         request,
@@ -261,7 +320,9 @@ pub async fn decide_locked(
         Some(order_id),
         seen,
     )
-    .await
+    .await?;
+    outcome.amount = amount;
+    Ok(outcome)
 }
 
 /// Inserts the order of a purchase in the caller's transaction. `None` when the user already
@@ -270,20 +331,21 @@ pub async fn insert_order<'e>(
     executor: impl PgExecutor<'e>,
     request: &OrderRequest,
 ) -> Result<Option<Uuid>, PathError> {
-    insert_holding(executor, request, 1).await
+    insert_holding(executor, request, 1, None).await
 }
 
-/// [`insert_order`] of the request's quantity, for an item whose limit is `per_user_limit` (the
-/// database checks both).
+/// [`insert_order`] of the request's quantity, for an item whose limit is `per_user_limit`, with
+/// a red packet share's `amount` (`None` for goods); the database checks all three.
 pub async fn insert_holding<'e>(
     executor: impl PgExecutor<'e>,
     request: &OrderRequest,
     per_user_limit: i64,
+    amount: Option<i64>,
 ) -> Result<Option<Uuid>, PathError> {
     let order_id = Uuid::new_v4();
     let inserted = sqlx::query(
-        "INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit)
-         VALUES ($1, $2, $3, $4, $5, $6)
+        "INSERT INTO orders (id, item_id, user_id, request_id, quantity, per_user_limit, amount)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT ON CONSTRAINT orders_one_per_user DO NOTHING",
     )
     .bind(order_id)
@@ -292,6 +354,7 @@ pub async fn insert_holding<'e>(
     .bind(request.request_id)
     .bind(request.quantity)
     .bind(per_user_limit)
+    .bind(amount)
     .execute(executor)
     .await?;
     Ok((inserted.rows_affected() == 1).then_some(order_id))
@@ -421,6 +484,11 @@ impl Registry {
             )),
             Box::new(conditional::Conditional::new(p())),
             Box::new(advisory::Advisory::new(p())),
+            Box::new(lock_table::LockTable::new(
+                p(),
+                args.lock_table_ttl(),
+                args.lock_table_wait(),
+            )),
             Box::new(redis_lock::RedisLock::new(
                 p(),
                 redis.clone(),
@@ -470,6 +538,8 @@ mod tests {
             optimistic_retries_max: 1,
             redis_lock_ttl_ms: 100,
             redis_lock_wait_ms: 100,
+            lock_table_ttl_ms: 100,
+            lock_table_wait_ms: 100,
             redis: crate::config::RedisArgs {
                 redis_url: "redis://127.0.0.1:1".into(),
                 redis_prefix: "unit".into(),
@@ -480,6 +550,7 @@ mod tests {
         assert_eq!(registered, PathName::ALL[1..]);
         assert!(registry.get(PathName::Queue).is_none());
         assert!(HELP.contains("naive        UNSAFE"));
+        assert!(HELP.contains("lock-table   FLAWED"));
         for name in PathName::ALL {
             assert!(
                 HELP.contains(&format!("  {name} ")),

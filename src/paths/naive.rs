@@ -82,7 +82,8 @@ impl PurchasePath for Naive {
             .await;
         };
         // `read − 1`, not `stock_remaining − 1`: a sale made since the read is overwritten.
-        sqlx::query("UPDATE items SET stock_remaining = $2 WHERE id = $1")
+        // `sold` is added to, not written: it counts the real orders, the oversold ones too.
+        sqlx::query("UPDATE items SET stock_remaining = $2, sold = sold + 1 WHERE id = $1")
             .bind(request.item_id)
             .bind(stock - 1)
             .execute(&mut *tx)

@@ -6,11 +6,15 @@
 //! sold out or not — queues on that row lock, so decisions are made strictly one at a time, each
 //! paying a whole transaction and its commit while the others wait: correct and simple, and
 //! capped by the database's commit rate on one row (≈ 700/s measured here with pgbench).
+//!
+//! A red packet grab is the same turn: under the lock it reads the amount left with the shares
+//! left, draws its share by the sale's one rule ([`crate::sale::draw_share`]) and pays it out in
+//! the same update. Nobody else draws meanwhile, so no share is ever drawn twice or retried.
 
 use sqlx::PgPool;
 
-use super::{LockedItem, PathError, PurchasePath, decide_locked};
-use crate::domain::{ItemKind, OrderRequest, Outcome};
+use super::{ItemColumns, LockedItem, PathError, PurchasePath, decide_locked};
+use crate::domain::{OrderRequest, Outcome};
 use crate::sale::PathName;
 
 pub struct Pessimistic {
@@ -33,10 +37,15 @@ impl PurchasePath for Pessimistic {
         true
     }
 
+    fn sells_red_packets(&self) -> bool {
+        true
+    }
+
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
         let mut tx = self.pool.begin().await?;
-        let item: (i64, ItemKind, i64) = sqlx::query_as(
-            "SELECT stock_remaining, kind, per_user_limit FROM items WHERE id = $1 FOR UPDATE",
+        let item: ItemColumns = sqlx::query_as(
+            "SELECT stock_remaining, kind, per_user_limit, packet_remaining
+             FROM items WHERE id = $1 FOR UPDATE",
         )
         .bind(request.item_id)
         .fetch_optional(&mut *tx)

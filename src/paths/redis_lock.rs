@@ -122,7 +122,7 @@ impl RedisLock {
         // The lock keeps other buyers out but not a restock, which takes no lock: the version
         // (bumped by every restock) tells that the stock read is still the stock stored.
         let written = sqlx::query(
-            "UPDATE items SET stock_remaining = $4, version = version + 1
+            "UPDATE items SET stock_remaining = $4, version = version + 1, sold = sold + 1
              WHERE id = $1 AND fence = $2 AND version = $3
              RETURNING true",
         )

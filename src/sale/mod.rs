@@ -17,4 +17,4 @@ pub use batch::{BatchDecision, NewOrder, NewOutcome, Seen};
 pub use path_name::{PathName, UnknownPath};
 pub use rules::{ItemRules, Refusal};
 pub use share::draw_share;
-pub use state::{Holding, ItemState, Sold};
+pub use state::{Holding, ItemState, ItemStock, Sold};

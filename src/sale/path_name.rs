@@ -29,6 +29,7 @@ pub enum PathName {
     Optimistic,
     Conditional,
     Advisory,
+    LockTable,
     RedisLock,
     RedisWatch,
     RedisLua,
@@ -37,13 +38,14 @@ pub enum PathName {
 
 impl PathName {
     /// Every path, `queue` (the default) first, in the order the help and the errors list them.
-    pub const ALL: [PathName; 10] = [
+    pub const ALL: [PathName; 11] = [
         PathName::Queue,
         PathName::Naive,
         PathName::Pessimistic,
         PathName::Optimistic,
         PathName::Conditional,
         PathName::Advisory,
+        PathName::LockTable,
         PathName::RedisLock,
         PathName::RedisWatch,
         PathName::RedisLua,
@@ -59,6 +61,7 @@ impl PathName {
             PathName::Optimistic => "optimistic",
             PathName::Conditional => "conditional",
             PathName::Advisory => "advisory",
+            PathName::LockTable => "lock-table",
             PathName::RedisLock => "redis-lock",
             PathName::RedisWatch => "redis-watch",
             PathName::RedisLua => "redis-lua",

@@ -27,6 +27,17 @@ pub struct ItemState {
     pub generation: i64,
 }
 
+/// What of an item's state its own row holds: everything but its buyers (those are its orders).
+/// A restock changes only this, so a decider that hears of one re-reads it and keeps its buyers
+/// ([`ItemState::refresh`]) instead of reading every order of the item again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ItemStock {
+    pub stock_remaining: i64,
+    pub rules: ItemRules,
+    pub packet_remaining: Option<i64>,
+    pub generation: i64,
+}
+
 /// One user's order for an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Holding {
@@ -52,6 +63,34 @@ impl Default for ItemState {
 }
 
 impl ItemState {
+    /// The state of an item whose row reads `stock` and whose orders are `buyers`.
+    pub fn from_parts(stock: ItemStock, buyers: HashMap<String, Holding>) -> Self {
+        Self {
+            stock_remaining: stock.stock_remaining,
+            buyers,
+            rules: stock.rules,
+            packet_remaining: stock.packet_remaining,
+            generation: stock.generation,
+        }
+    }
+
+    /// Takes what the item's row holds now, keeping the buyers: right whenever the row changed
+    /// and the orders did not — a restock, which adds units and bumps the generation of goods,
+    /// and never touches an order or a red packet. Valid for every kind, since the whole row is
+    /// taken (a red packet's amount left included), and only between batches, when everything
+    /// decided in memory is committed: the stored stock is then exactly what memory would hold
+    /// but for the restock.
+    pub fn refresh(&mut self, stock: ItemStock) {
+        debug_assert_eq!(
+            self.rules, stock.rules,
+            "an item's kind and limit never change"
+        );
+        self.stock_remaining = stock.stock_remaining;
+        self.rules = stock.rules;
+        self.packet_remaining = stock.packet_remaining;
+        self.generation = stock.generation;
+    }
+
     /// What a decider knows, before deciding, of this item for `user_id`.
     pub fn seen_by(&self, user_id: &str) -> super::Seen {
         super::Seen {

@@ -87,6 +87,8 @@ impl TestEnv {
             optimistic_retries_max: 8,
             redis_lock_ttl_ms: 2000,
             redis_lock_wait_ms: 30_000,
+            lock_table_ttl_ms: 2000,
+            lock_table_wait_ms: 30_000,
             redis: RedisArgs {
                 redis_url: std::env::var("REDIS_URL")
                     .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
@@ -210,14 +212,7 @@ impl TestEnv {
     /// Publishes requests straight to the partition queues, like a producer without the API.
     /// Records them as accepted, as the API would, so the audit can find undecided ones.
     pub async fn publish_direct(&self, requests: &[seckill::domain::OrderRequest]) {
-        seckill::store::record_accepted(&self.pool, requests)
-            .await
-            .expect("record accepted");
-        let channel = self.channel().await;
-        channel
-            .confirm_select(Default::default())
-            .await
-            .expect("confirm_select");
+        let channel = self.record_then_confirming_channel(requests).await;
         for request in requests {
             let partition = self.topology.partition_of(request.item_id);
             channel
@@ -226,7 +221,55 @@ impl TestEnv {
                     self.topology.routing_key(partition).into(),
                     BasicPublishOptions::default(),
                     &seckill::broker::message::encode(request),
-                    seckill::broker::message::request_properties(request, None),
+                    seckill::broker::message::request_properties(request.request_id, None),
+                )
+                .await
+                .expect("publish");
+        }
+        channel.wait_for_confirms().await.expect("confirms");
+    }
+
+    /// Records the requests as accepted (as the API would), then opens a channel in confirm mode.
+    async fn record_then_confirming_channel(
+        &self,
+        requests: &[seckill::domain::OrderRequest],
+    ) -> Channel {
+        seckill::store::record_accepted(&self.pool, requests)
+            .await
+            .expect("record accepted");
+        let channel = self.channel().await;
+        channel
+            .confirm_select(Default::default())
+            .await
+            .expect("confirm_select");
+        channel
+    }
+
+    /// Like [`TestEnv::publish_direct`], but `per_message` requests to a message: batch
+    /// messages as `docs/PROTOCOL.md` describes them (the requests of one item, in order).
+    pub async fn publish_direct_batched(
+        &self,
+        requests: &[seckill::domain::OrderRequest],
+        per_message: usize,
+    ) {
+        use seckill::broker::message;
+        let channel = self.record_then_confirming_channel(requests).await;
+        for chunk in requests.chunks(per_message.max(1)) {
+            let partition = self.topology.partition_of(chunk[0].item_id);
+            assert!(
+                chunk
+                    .iter()
+                    .all(|r| self.topology.partition_of(r.item_id) == partition),
+                "a batch message carries one partition's requests"
+            );
+            let encoded: Vec<Vec<u8>> = chunk.iter().map(message::encode).collect();
+            channel
+                .basic_publish(
+                    self.topology.orders_exchange().into(),
+                    self.topology.routing_key(partition).into(),
+                    BasicPublishOptions::default(),
+                    &message::encode_batch(encoded.iter().map(Vec::as_slice)),
+                    message::batch_properties(None),
                 )
                 .await
                 .expect("publish");
