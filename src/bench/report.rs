@@ -49,7 +49,7 @@ pub fn load_text(load: Load) -> String {
 /// The line printed as each path finishes.
 pub fn one_line(r: &PathResult) -> String {
     format!(
-        "{:>14}: {:>8.0} decided/s, p99 {:>8.1} ms, {} requests in {:.1} s, {} orders of {} \
+        "{:>15}: {:>8.0} decided/s, p99 {:>8.1} ms, {} requests in {:.1} s, {} orders of {} \
          stock, audit {}",
         r.path,
         r.decided_per_s,
@@ -139,7 +139,7 @@ pub fn table(results: &BenchResults) -> String {
 fn path_rows(out: &mut String, paths: &[PathResult]) {
     let _ = writeln!(
         out,
-        "{:<14} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>5} {:>6}  audit",
+        "{:<15} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>5} {:>6}  audit",
         "path",
         "offered/s",
         "achieved/s",
@@ -246,7 +246,7 @@ fn sweep_lines(out: &mut String, results: &BenchResults) {
     for c in &results.sweep {
         let _ = writeln!(
             out,
-            "sweep {:<14} max within p99 ≤ {:.0} ms: {:>8}  ({} steps; stopped: {})",
+            "sweep {:<15} max within p99 ≤ {:.0} ms: {:>8}  ({} steps; stopped: {})",
             c.path.as_str(),
             results.slo_p99_ms,
             c.max_per_s_within_slo

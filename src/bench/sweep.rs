@@ -155,7 +155,7 @@ fn judge(result: &PathResult, slo_p99_ms: f64) -> Option<String> {
 /// The line printed as each step finishes.
 fn step_line(r: &PathResult, missed_because: Option<&str>) -> String {
     format!(
-        "{:>14}: offered {:>7.0}/s achieved {:>7.0}/s p99 {:>8.1} ms, {} late, audit {} — {}",
+        "{:>15}: offered {:>7.0}/s achieved {:>7.0}/s p99 {:>8.1} ms, {} late, audit {} — {}",
         r.path,
         r.offered_per_s.unwrap_or(0.0),
         r.achieved_per_s,
