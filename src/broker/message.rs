@@ -155,7 +155,15 @@ fn decode_batch(body: &[u8]) -> Result<Vec<Result<OrderRequest, Refused>>, Undec
     }
     let decoded = elements.into_iter().map(|element| {
         let body = element.get().as_bytes();
-        decode_request(body).map_err(|reason| Refused {
+        let decoded = if body.len() > BODY_LEN_MAX {
+            Err(Undecodable(format!(
+                "element of {} bytes is over the {BODY_LEN_MAX}-byte limit of a request",
+                body.len()
+            )))
+        } else {
+            decode_request(body)
+        };
+        decoded.map_err(|reason| Refused {
             body: body.to_vec(),
             reason,
         })
@@ -342,7 +350,19 @@ mod tests {
             "{}",
             refused.reason
         );
-        assert_eq!(elements[2], Ok(bob));
+        assert_eq!(elements[2], Ok(bob.clone()));
+        // An element is bounded like a single request.
+        let padded = format!(
+            r#"{{"request_id":"6f1c1b7e-6f0e-4e53-8f0a-1a2b3c4d5e6f","item_id":7,"user_id":"u"{}}}"#,
+            " ".repeat(BODY_LEN_MAX)
+        );
+        let body = encode_batch([&encode(&bob)[..], padded.as_bytes()]);
+        let Ok(Decoded::Batch(elements)) = decode(&json_props(), &body) else {
+            panic!("a batch");
+        };
+        assert_eq!(elements[0], Ok(bob));
+        let refused = elements[1].clone().unwrap_err();
+        assert!(refused.reason.0.contains("over the"), "{}", refused.reason);
         // Leading white space, and a batch of one, are batches too.
         let spaced = [b" \n".as_slice(), &encode_batch([&encode(&ann)[..]])].concat();
         assert_eq!(
