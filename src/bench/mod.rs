@@ -13,8 +13,9 @@
 //! Rooms: [`args`] (the flags), `preflight` (do the services answer?), `stack` (the system
 //! under test, wired in-process), `driver` and `open_model` (sending the load), `path_run`
 //! (one path's run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw),
-//! [`summary`] (what results.json holds), [`headline`], [`ceiling`] and `http_alone`, [`report`] (terminal,
-//! JSON), `html` and `charts` (the report), [`compare`], `cleanup` and [`environment`].
+//! [`summary`] (what results.json holds), [`headline`], [`ceiling`] and `http_alone`, [`report`]
+//! (the terminal), `files` (results.json and report.html), `html` and `charts` (the report),
+//! [`compare`], `cleanup` and [`environment`].
 
 pub mod answer;
 pub mod args;
@@ -25,6 +26,7 @@ pub mod compare;
 mod decided;
 mod driver;
 pub mod environment;
+mod files;
 pub mod headline;
 mod html;
 mod http_alone;
@@ -157,7 +159,7 @@ pub async fn run(
     if in_process {
         cleanup::remove_queues_and_keys(&broker, &bench.stack.topology, &path_args).await?;
     }
-    report::write_all(&results, &args.out)?;
+    files::write_all(&results, &args.out)?;
     println!("{}", report::table(&results));
     println!(
         "wrote {} and {}",

@@ -3,7 +3,6 @@
 //! compare`) and `report.html` (see [`super::html`]).
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -310,15 +309,4 @@ fn comparison_lines(out: &mut String, paths: &[PathResult]) {
             p.latency.p99_ms
         );
     }
-}
-
-/// Writes `results.json` and `report.html` into `dir`.
-pub fn write_all(results: &BenchResults, dir: &Path) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::write(
-        dir.join("results.json"),
-        serde_json::to_vec_pretty(results)?,
-    )?;
-    std::fs::write(dir.join("report.html"), super::html::page(results))?;
-    Ok(())
 }

@@ -15,7 +15,6 @@ use super::environment::Environment;
 use super::row::BenchPath;
 use super::scenario::ScenarioSpec;
 use super::stats::{self, Latency, Recorder};
-use super::sweep::Curve;
 use super::timeline::Second;
 use crate::audit::{self, ItemAudit};
 use crate::domain::Status;
@@ -245,6 +244,37 @@ mod tests {
             let json = serde_json::to_value(one).unwrap();
             assert_eq!(json[status.as_str()], 1, "{status:?}");
         }
+    }
+}
+
+/// One path's steps in a sweep (see [`super::sweep`]), and where its knee is.
+#[derive(Debug, Clone, Serialize)]
+pub struct Curve {
+    pub path: BenchPath,
+    /// Each step, in rising offered rate.
+    pub steps: Vec<Step>,
+    /// The achieved rate of the highest step that met the bound (`None`: not even the first).
+    pub max_per_s_within_slo: Option<f64>,
+    /// Why the sweep stopped for this path.
+    pub stopped_because: String,
+}
+
+/// One step: a run at an offered rate, and whether it met the bound.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub met_slo: bool,
+    /// Why not, when it did not (`p99 812 ms > 500 ms`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missed_because: Option<String>,
+    #[serde(flatten)]
+    pub result: PathResult,
+}
+
+impl Curve {
+    /// The step to show in the comparison's table: the highest that met the bound, or the first.
+    pub fn representative(&self) -> Option<&PathResult> {
+        let best = self.steps.iter().rev().find(|s| s.met_slo);
+        best.or(self.steps.first()).map(|s| &s.result)
     }
 }
 

@@ -6,51 +6,18 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
-
 use super::args::{Load, RunLength, SweepSettings};
 use super::driver::Bench;
 use super::path_run::{measure, warm_up};
 use super::row::BenchPath;
 use super::scenario::ScenarioSpec;
-use super::summary::PathResult;
+use super::summary::{Curve, PathResult, Step};
 
 /// A step meets the bound only if it achieved at least this share of the offered rate.
 const ACHIEVED_SHARE_MIN: f64 = 0.9;
 
 /// A step meets the bound only if at most this share of its requests failed.
 const ERROR_SHARE_MAX: f64 = 0.01;
-
-/// One path's steps, and where its knee is.
-#[derive(Debug, Clone, Serialize)]
-pub struct Curve {
-    pub path: BenchPath,
-    /// Each step, in rising offered rate.
-    pub steps: Vec<Step>,
-    /// The achieved rate of the highest step that met the bound (`None`: not even the first).
-    pub max_per_s_within_slo: Option<f64>,
-    /// Why the sweep stopped for this path.
-    pub stopped_because: String,
-}
-
-/// One step: a run at an offered rate, and whether it met the bound.
-#[derive(Debug, Clone, Serialize)]
-pub struct Step {
-    pub met_slo: bool,
-    /// Why not, when it did not (`p99 812 ms > 500 ms`, …).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub missed_because: Option<String>,
-    #[serde(flatten)]
-    pub result: PathResult,
-}
-
-impl Curve {
-    /// The step to show in the comparison's table: the highest that met the bound, or the first.
-    pub fn representative(&self) -> Option<&PathResult> {
-        let best = self.steps.iter().rev().find(|s| s.met_slo);
-        best.or(self.steps.first()).map(|s| &s.result)
-    }
-}
 
 /// Sweeps every path in turn; returns their curves and every item they created.
 pub(super) async fn run_all(
