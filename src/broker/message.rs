@@ -6,8 +6,8 @@
 //! byte, so the API sends the requests of one partition that queue up while its previous message
 //! awaits its confirm as one batch (see [`super::publisher`]).
 //! Properties: `content_type = application/json`, `delivery_mode = 2` (persistent),
-//! `message_id = request_id` for a single request; `reply_to`/`correlation_id` when the producer
-//! wants the decision.
+//! `message_id = request_id` for a single request (the API gives a batch an id of its own);
+//! `reply_to`/`correlation_id` when the producer wants the decision.
 //! A message that fails [`decode`] is dead-lettered with the reason in `x-seckill-reason`; an
 //! element of a batch that fails is dead-lettered alone, with its place in the message, and the
 //! other elements are decided.

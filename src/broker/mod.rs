@@ -3,6 +3,7 @@
 //! partition queue, and single-active-consumer lets exactly one consumer read that queue.
 
 pub mod item_events;
+mod link;
 pub mod message;
 mod publish_line;
 pub mod publisher;

@@ -17,19 +17,25 @@
 //! ```
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use lapin::options::BasicPublishOptions;
 use lapin::{BasicProperties, Channel, Confirmation, PublisherConfirm};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use uuid::Uuid;
 
+use super::link::{Link, PublishError};
 use super::message::{self, DIRECT_REPLY_TO};
-use super::publisher::{Link, PublishError};
 use crate::config::PublishArgs;
 use crate::domain::OrderRequest;
 
 /// Most requests waiting in one line; past it callers wait (back-pressure, bounded memory).
 const QUEUE_LEN_MAX: usize = 10_000;
+/// Longest a message's confirm is awaited. Past it (a broker that blocked publishers on a memory
+/// or disk alarm, a confirm that never comes) its requests are answered "not confirmed" — they
+/// stay pending and may still be decided — and its slot is freed, so a stuck confirm never stops
+/// its partition's line for good.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A request waiting in a line, already encoded.
 struct Queued {
@@ -62,9 +68,13 @@ impl Line {
             reply,
             answer,
         };
-        let stopped = || PublishError::Unavailable("the publisher has stopped".into());
-        self.queue.send(queued).await.map_err(|_| stopped())?;
-        answered.await.map_err(|_| stopped())?
+        let stopped = "the publisher has stopped";
+        // Not queued: certainly not handed over.
+        (self.queue.send(queued).await).map_err(|_| PublishError::Unavailable(stopped.into()))?;
+        // Queued but not answered: it may have been handed over, so it may still be decided.
+        answered
+            .await
+            .map_err(|_| PublishError::Unconfirmed(stopped.into()))?
     }
 }
 
@@ -129,6 +139,7 @@ async fn send(link: &Arc<Link>, partition: u16, batch: Vec<Queued>, slot: OwnedS
         Err(e) => return answer(batch, Err(e)),
     };
     let (body, props) = encode(&batch);
+    let message_id = props.message_id().clone();
     let topology = link.topology();
     let handed = channel
         .basic_publish(
@@ -149,14 +160,15 @@ async fn send(link: &Arc<Link>, partition: u16, batch: Vec<Queued>, slot: OwnedS
     };
     let link = Arc::clone(link);
     tokio::spawn(async move {
-        let verdict = verdict(&link, &channel, confirm).await;
+        let verdict = verdict(&link, &channel, confirm, message_id).await;
         drop(slot);
         answer(batch, verdict);
     });
 }
 
 /// The message for a batch: a lone request as the single-request body it always was, several
-/// as a batch body. Replies are asked for when any of its clients waits.
+/// as a batch body. Replies are asked for when any of its clients waits. Its `message_id` (the
+/// request's id, or a fresh one for a batch) is what a returned message is matched by.
 fn encode(batch: &[Queued]) -> (Vec<u8>, BasicProperties) {
     let reply_to = batch.iter().any(|q| q.reply).then_some(DIRECT_REPLY_TO);
     match batch {
@@ -166,23 +178,41 @@ fn encode(batch: &[Queued]) -> (Vec<u8>, BasicProperties) {
         ),
         many => (
             message::encode_batch(many.iter().map(|q| q.body.as_slice())),
-            message::batch_properties(reply_to),
+            message::batch_properties(reply_to).with_message_id(Uuid::now_v7().to_string().into()),
         ),
     }
 }
 
-/// The broker's verdict on one message.
+/// The broker's verdict on one message. A returned message is this one's only if its
+/// `message_id` says so: lapin hands a return to whichever confirm completes next, which with a
+/// `multiple` ack may be another message of the channel — then nothing is known of this one.
 async fn verdict(
     link: &Link,
     channel: &Channel,
     confirm: PublisherConfirm,
+    message_id: Option<lapin::types::ShortString>,
 ) -> Result<(), PublishError> {
-    match confirm.await {
+    let Ok(confirmed) = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await else {
+        tracing::warn!(
+            timeout_s = CONFIRM_TIMEOUT.as_secs(),
+            "no confirm from the broker; its requests stay pending"
+        );
+        return Err(PublishError::Unconfirmed("no confirm in time".into()));
+    };
+    match confirmed {
         Ok(Confirmation::Ack(None)) => {
             crate::failpoint::hit("after_publish_confirmed");
             Ok(())
         }
-        Ok(Confirmation::Ack(Some(_returned))) => Err(PublishError::Unroutable),
+        Ok(Confirmation::Ack(Some(returned))) => {
+            if message_id.is_some() && returned.delivery.properties.message_id() == &message_id {
+                Err(PublishError::Unroutable)
+            } else {
+                Err(PublishError::Unconfirmed(
+                    "the broker returned a message that may not be this one".into(),
+                ))
+            }
+        }
         Ok(Confirmation::Nack(_)) => {
             link.renew_after_refusal(channel).await;
             Err(PublishError::Refused)
