@@ -139,3 +139,46 @@ async fn wait_decided(api: &TestApi, request_id: &str) -> serde_json::Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A message no queue is bound for comes back (mandatory publish): exactly the requests it
+/// carried are refused as unroutable — one alone, and many in one batch message — and the
+/// broker holds none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_returned_message_fails_exactly_its_requests_as_unroutable() {
+    let env = TestEnv::new().await;
+    let item = env.create_item(100).await;
+    let partition = env.topology.partition_of(item);
+    let channel = env.channel().await;
+    channel
+        .queue_delete(
+            env.topology.partition_queue(partition).into(),
+            Default::default(),
+        )
+        .await
+        .expect("delete the item's partition queue");
+    let batching = PublishArgs {
+        publish_in_flight_max: 1,
+        ..PublishArgs::default()
+    };
+    let publisher = Publisher::connect(&env.broker.amqp_url, env.topology.clone(), batching)
+        .await
+        .expect("publisher");
+    // Connecting declared the topology again: take the queue away once more.
+    channel
+        .queue_delete(
+            env.topology.partition_queue(partition).into(),
+            Default::default(),
+        )
+        .await
+        .expect("delete the item's partition queue");
+
+    let all = requests(item, 40, 40);
+    let results = futures::future::join_all(all.iter().map(|r| publisher.publish(r, false))).await;
+    for result in &results {
+        assert!(
+            matches!(result, Err(PublishError::Unroutable)),
+            "every request of a returned message is unroutable: {result:?}"
+        );
+    }
+    env.cleanup().await;
+}
