@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 
 use super::charts::{Axis, Series, bars, color, escape, lines};
-use super::report::{COLUMNS, load_text, table, verdict};
+use super::report::{COLUMNS, TABLE_HEADERS, load_text, table, table_cells};
 use super::summary::{BenchResults, PathResult};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}\
@@ -82,35 +82,23 @@ fn load_of(results: &BenchResults) -> String {
 
 /// The table, a row per path, red where the audit found a violation.
 fn path_table(paths: &[PathResult]) -> String {
-    let mut rows = String::from(
-        "<table><tr><th>path</th><th>offered/s</th><th>achieved/s</th><th>decided/s</th>\
-         <th>p50 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>purchased</th>\
-         <th>sold_out</th><th>already</th><th>retry</th><th>error</th><th>late</th>\
-         <th>audit</th></tr>",
-    );
+    let mut rows = String::from("<table><tr><th>path</th>");
+    for header in TABLE_HEADERS {
+        let _ = write!(rows, "<th>{}</th>", escape(header));
+    }
+    rows.push_str("</tr>");
     for r in paths {
         let _ = write!(
             rows,
-            r#"<tr class="{}"><td><span class="swatch" style="background:{}"></span>{}</td><td>{}</td><td>{:.0}</td><td>{:.0}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{:.1}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>"#,
+            r#"<tr class="{}"><td><span class="swatch" style="background:{}"></span>{}</td>"#,
             if r.audit.clean { "ok" } else { "bad" },
             color(r.path),
             escape(r.path.as_str()),
-            r.offered_per_s
-                .map_or_else(|| "-".into(), |o| format!("{o:.0}")),
-            r.achieved_per_s,
-            r.decided_per_s,
-            r.latency.p50_ms,
-            r.latency.p99_ms,
-            r.latency.p99_9_ms,
-            r.latency.max_ms,
-            r.outcomes.purchased,
-            r.outcomes.sold_out,
-            r.outcomes.already_purchased,
-            r.outcomes.failed_retry,
-            r.outcomes.error,
-            r.sent_late,
-            verdict(r),
         );
+        for cell in table_cells(r) {
+            let _ = write!(rows, "<td>{}</td>", escape(&cell));
+        }
+        rows.push_str("</tr>");
     }
     rows.push_str("</table>");
     for r in paths.iter().filter(|r| !r.audit.clean) {

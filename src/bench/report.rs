@@ -135,49 +135,65 @@ pub fn table(results: &BenchResults) -> String {
     out
 }
 
+/// The table's columns after `path`, in order: the terminal and the HTML page show the same.
+pub(super) const TABLE_HEADERS: [&str; 14] = [
+    "offered/s",
+    "achieved/s",
+    "decided/s",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "max ms",
+    "purchased",
+    "sold_out",
+    "already",
+    "retry",
+    "error",
+    "late",
+    "audit",
+];
+
+/// Terminal widths of the path and of the columns before `audit`.
+const PATH_WIDTH: usize = 15;
+const WIDTHS: [usize; 13] = [9, 10, 9, 7, 8, 8, 8, 9, 8, 7, 6, 5, 6];
+
+/// A row's cells after its path, formatted, in the order of [`TABLE_HEADERS`].
+pub(super) fn table_cells(r: &PathResult) -> [String; 14] {
+    let offered = r
+        .offered_per_s
+        .map_or_else(|| "-".into(), |o| format!("{o:.0}"));
+    [
+        offered,
+        format!("{:.0}", r.achieved_per_s),
+        format!("{:.0}", r.decided_per_s),
+        format!("{:.1}", r.latency.p50_ms),
+        format!("{:.1}", r.latency.p99_ms),
+        format!("{:.1}", r.latency.p99_9_ms),
+        format!("{:.1}", r.latency.max_ms),
+        r.outcomes.purchased.to_string(),
+        r.outcomes.sold_out.to_string(),
+        r.outcomes.already_purchased.to_string(),
+        r.outcomes.failed_retry.to_string(),
+        r.outcomes.error.to_string(),
+        r.sent_late.to_string(),
+        verdict(r).to_string(),
+    ]
+}
+
 fn path_rows(out: &mut String, paths: &[PathResult]) {
-    let _ = writeln!(
-        out,
-        "{:<15} {:>9} {:>10} {:>9} {:>7} {:>8} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>5} {:>6}  audit",
-        "path",
-        "offered/s",
-        "achieved/s",
-        "decided/s",
-        "p50 ms",
-        "p99 ms",
-        "p99.9 ms",
-        "max ms",
-        "purchased",
-        "sold_out",
-        "already",
-        "retry",
-        "error",
-        "late",
-    );
+    text_row(out, "path", &TABLE_HEADERS.map(String::from));
     for r in paths {
-        let offered = r
-            .offered_per_s
-            .map_or_else(|| "-".to_string(), |o| format!("{o:.0}"));
-        let _ = writeln!(
-            out,
-            "{:<14} {:>9} {:>10.0} {:>9.0} {:>7.1} {:>8.1} {:>8.1} {:>8.1} {:>9} {:>8} {:>7} {:>6} {:>5} {:>6}  {}",
-            r.path,
-            offered,
-            r.achieved_per_s,
-            r.decided_per_s,
-            r.latency.p50_ms,
-            r.latency.p99_ms,
-            r.latency.p99_9_ms,
-            r.latency.max_ms,
-            r.outcomes.purchased,
-            r.outcomes.sold_out,
-            r.outcomes.already_purchased,
-            r.outcomes.failed_retry,
-            r.outcomes.error,
-            r.sent_late,
-            verdict(r)
-        );
+        text_row(out, r.path.as_str(), &table_cells(r));
     }
+}
+
+/// One line of the terminal table: the path, the columns right-aligned, then the audit.
+fn text_row(out: &mut String, path: &str, cells: &[String; 14]) {
+    let _ = write!(out, "{path:<PATH_WIDTH$}");
+    for (cell, width) in cells.iter().zip(WIDTHS) {
+        let _ = write!(out, " {cell:>width$}");
+    }
+    let _ = writeln!(out, "  {}", cells[13]);
 }
 
 pub(super) fn find(paths: &[PathResult], path: BenchPath) -> Option<&PathResult> {
