@@ -140,22 +140,14 @@ async fn wait_decided(api: &TestApi, request_id: &str) -> serde_json::Value {
     }
 }
 
-/// A message no queue is bound for comes back (mandatory publish): exactly the requests it
-/// carried are refused as unroutable — one alone, and many in one batch message — and the
-/// broker holds none of them.
+/// A message no queue is bound for comes back (mandatory publish): the requests it carried are
+/// refused as unroutable. With one message in flight at a time, the first request goes alone and
+/// the rest queue up into batch messages; every one of them is answered unroutable.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_returned_message_fails_exactly_its_requests_as_unroutable() {
     let env = TestEnv::new().await;
     let item = env.create_item(100).await;
     let partition = env.topology.partition_of(item);
-    let channel = env.channel().await;
-    channel
-        .queue_delete(
-            env.topology.partition_queue(partition).into(),
-            Default::default(),
-        )
-        .await
-        .expect("delete the item's partition queue");
     let batching = PublishArgs {
         publish_in_flight_max: 1,
         ..PublishArgs::default()
@@ -163,8 +155,9 @@ async fn a_returned_message_fails_exactly_its_requests_as_unroutable() {
     let publisher = Publisher::connect(&env.broker.amqp_url, env.topology.clone(), batching)
         .await
         .expect("publisher");
-    // Connecting declared the topology again: take the queue away once more.
-    channel
+    // After connecting, which declares the topology: no queue for the item's partition.
+    env.channel()
+        .await
         .queue_delete(
             env.topology.partition_queue(partition).into(),
             Default::default(),

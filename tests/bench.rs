@@ -19,6 +19,11 @@ fn bench_args(flags: &[&str]) -> BenchArgs {
     Flags::parse_from(std::iter::once("bench").chain(flags.iter().copied())).bench
 }
 
+/// Where a test's bench writes results.json and report.html: a folder of its own.
+fn out_dir(env: &TestEnv) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix))
+}
+
 /// `seckill bench` in-process, on this test's database, queues and Redis keys.
 async fn run_bench(env: &TestEnv, args: BenchArgs) -> bench::BenchResults {
     bench::run(
@@ -35,7 +40,7 @@ async fn run_bench(env: &TestEnv, args: BenchArgs) -> bench::BenchResults {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_small_run_of_every_path_audits_clean_but_naive() {
     let env = TestEnv::new().await;
-    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let out = out_dir(&env);
     let args = bench_args(&[
         "--requests",
         "300",
@@ -98,7 +103,7 @@ async fn a_small_run_of_every_path_audits_clean_but_naive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn direct_mode_and_the_spread_scenario_audit_clean() {
     let env = TestEnv::new().await;
-    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let out = out_dir(&env);
     let args = bench_args(&[
         "--paths",
         "queue,conditional,redis-lua",
@@ -165,7 +170,7 @@ fn assert_audited(r: &bench::PathResult) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tiny_sweep_steps_the_rate_and_audits_every_step() {
     let env = TestEnv::new().await;
-    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let out = out_dir(&env);
     let args = bench_args(&[
         "--paths",
         "queue,conditional",
@@ -241,7 +246,7 @@ async fn a_tiny_sweep_steps_the_rate_and_audits_every_step() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_open_model_run_keeps_its_schedule_and_reports_offered_and_achieved() {
     let env = TestEnv::new().await;
-    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let out = out_dir(&env);
     let args = bench_args(&[
         "--paths",
         "queue,pessimistic,naive",
@@ -307,7 +312,7 @@ async fn an_open_model_run_keeps_its_schedule_and_reports_offered_and_achieved()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sustained_run_grows_the_stock_with_its_requests() {
     let env = TestEnv::new().await;
-    let out = std::env::temp_dir().join(format!("seckill-bench-{}", env.broker.queue_prefix));
+    let out = out_dir(&env);
     let args = bench_args(&[
         "--paths",
         "queue,conditional",
