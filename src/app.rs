@@ -20,7 +20,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::broker::item_events::Announcers;
 use crate::broker::{publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs, PathArgs, ServeArgs, redact_url};
+use crate::config::{
+    BrokerArgs, ConsumerArgs, PathArgs, RedisArgs, RivalArgs, ServeArgs, redact_url,
+};
 use crate::consumer;
 use crate::paths::Registry;
 use crate::shedding::Shedder;
@@ -36,6 +38,8 @@ pub struct Settings {
     pub consumer: Option<ConsumerArgs>,
     /// A listener serving `GET /metrics` alone (the API serves its own).
     pub metrics_bind: Option<SocketAddr>,
+    /// The asynchronous rival paths' background workers, and the Redis they work on.
+    pub rival_workers: Option<(RivalArgs, RedisArgs)>,
 }
 
 /// A running seckill: the address it listens on, its API's state, and every task it started.
@@ -74,6 +78,9 @@ impl App {
         if let Some(consumer) = settings.consumer.clone() {
             app.start_consumer(pool.clone(), &settings.broker, consumer);
         }
+        if let Some((rivals, redis)) = &settings.rival_workers {
+            app.start_rival_workers(pool.clone(), &settings.broker, rivals, redis)?;
+        }
         if let Some(bind) = settings.metrics_bind {
             app.start_metrics(bind).await?;
         }
@@ -92,6 +99,18 @@ impl App {
         );
         let run = consumer::run(pool, broker.clone(), args, self.shutdown.clone());
         self.tasks.spawn(async move { ("consumer", run.await) });
+    }
+
+    /// The workers that decide (`redis-mq`) or write down (`redis-stream`) what the asynchronous
+    /// rival paths answered at the API.
+    fn start_rival_workers(
+        &mut self,
+        _pool: PgPool,
+        _broker: &BrokerArgs,
+        _rivals: &RivalArgs,
+        _redis: &RedisArgs,
+    ) -> anyhow::Result<()> {
+        Ok(())
     }
 
     async fn start_metrics(&mut self, bind: SocketAddr) -> anyhow::Result<()> {

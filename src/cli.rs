@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{self, App, Settings};
 use crate::config::{
-    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs, redact_url,
+    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, RivalArgs, ServeArgs, redact_url,
 };
 #[cfg(feature = "bench")]
 use crate::demo;
@@ -47,6 +47,12 @@ pub enum Command {
         consumer: ConsumerArgs,
         #[command(flatten)]
         paths: PathArgs,
+        /// Do not run the asynchronous rival paths' workers (the redis-stream writer, the
+        /// redis-mq consumers) in this process: run them with `seckill consume --rival-workers`.
+        #[arg(long, env = "SECKILL_NO_RIVAL_WORKERS")]
+        no_rival_workers: bool,
+        #[command(flatten)]
+        rivals: RivalArgs,
     },
     /// Run the consumer daemon: decides the requests of every partition it is active on.
     /// Start several to share the partitions: they balance them through leases in the
@@ -61,6 +67,14 @@ pub enum Command {
         /// Serve `GET /metrics` (Prometheus text format) on this address; unset, no listener.
         #[arg(long, env = "SECKILL_METRICS_BIND")]
         metrics_bind: Option<std::net::SocketAddr>,
+        /// Also run the asynchronous rival paths' workers (the redis-stream writer, the
+        /// redis-mq consumers) in this process, for an API started with `--no-rival-workers`.
+        #[arg(long, env = "SECKILL_RIVAL_WORKERS")]
+        rival_workers: bool,
+        #[command(flatten)]
+        rivals: RivalArgs,
+        #[command(flatten)]
+        redis: RedisArgs,
     },
     /// Create the database if needed and apply pending migrations, then exit.
     Migrate {
@@ -171,12 +185,16 @@ impl Command {
                 with_consumer,
                 consumer,
                 paths,
+                no_rival_workers,
+                rivals,
             } => {
+                let rival_workers = (!no_rival_workers).then(|| (rivals, paths.redis.clone()));
                 let settings = Settings {
                     broker,
                     api: Some((serve, paths)),
                     consumer: with_consumer.then_some(consumer),
                     metrics_bind: None,
+                    rival_workers,
                 };
                 run_daemon(&database, settings, "API stopped").await
             }
@@ -185,12 +203,16 @@ impl Command {
                 broker,
                 consumer,
                 metrics_bind,
+                rival_workers,
+                rivals,
+                redis,
             } => {
                 let settings = Settings {
                     broker,
                     api: None,
                     consumer: Some(consumer),
                     metrics_bind,
+                    rival_workers: rival_workers.then_some((rivals, redis)),
                 };
                 run_daemon(&database, settings, "consumer exiting").await
             }

@@ -472,6 +472,14 @@ pub struct PathArgs {
     pub redis: RedisArgs,
 }
 
+/// The background workers of the asynchronous rival paths (`redis-stream`'s stream writer,
+/// `redis-mq`'s queue consumers): they decide, or write down, what those paths' API answered.
+/// `seckill serve` runs them in its own process unless `--no-rival-workers`; `seckill consume
+/// --rival-workers` runs them beside the queue path's consumer, so that they can be stopped,
+/// scaled or killed apart from the API.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RivalArgs {}
+
 impl PathArgs {
     pub fn lock_table_ttl(&self) -> Duration {
         Duration::from_millis(self.lock_table_ttl_ms)

@@ -43,6 +43,7 @@ pub async fn run(
         api: Some((ServeArgs::loopback(), PathArgs::from_env()?)),
         consumer: Some(consumer_args),
         metrics_bind: None,
+        rival_workers: None,
     };
     let app = App::start(pool.clone(), settings, CancellationToken::new()).await?;
     let base = app.api_url().expect("the demo runs an API");

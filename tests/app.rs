@@ -15,6 +15,7 @@ fn api_settings(env: &TestEnv, serve: ServeArgs) -> Settings {
         api: Some((serve, env.path_args())),
         consumer: Some(env.consumer_args()),
         metrics_bind: None,
+        rival_workers: None,
     }
 }
 

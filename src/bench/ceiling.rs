@@ -173,6 +173,7 @@ async fn consumer_prefilled(
             api: None,
             consumer: Some(consumer_args.clone()),
             metrics_bind: None,
+            rival_workers: None,
         },
         CancellationToken::new(),
     )

@@ -14,7 +14,9 @@ use super::args::{BenchArgs, Via};
 use super::row::BenchPath;
 use crate::app::{App, Settings};
 use crate::broker::{publisher::Publisher, topology::Topology};
-use crate::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, PublishArgs, ServeArgs};
+use crate::config::{
+    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, PublishArgs, RivalArgs, ServeArgs,
+};
 use crate::paths::Registry;
 use crate::shedding::Shedder;
 
@@ -128,6 +130,7 @@ pub(super) async fn start(
         api: Some((api.clone(), path_args.clone())),
         consumer: Some(consumer_args.clone()),
         metrics_bind: None,
+        rival_workers: Some((RivalArgs::default(), path_args.redis.clone())),
     };
     let app = App::start(pool.clone(), with_consumer, shutdown.clone()).await?;
     let only_api = |serve: ServeArgs| Settings {
@@ -135,6 +138,7 @@ pub(super) async fn start(
         api: Some((serve, path_args.clone())),
         consumer: None,
         metrics_bind: None,
+        rival_workers: None,
     };
     let no_shed = ServeArgs {
         sold_out_ttl_ms: 0,

@@ -18,7 +18,9 @@ use uuid::Uuid;
 
 use seckill::app::{App, Settings};
 use seckill::broker::topology::Topology;
-use seckill::config::{BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, ServeArgs};
+use seckill::config::{
+    BrokerArgs, ConsumerArgs, DatabaseArgs, PathArgs, RedisArgs, RivalArgs, ServeArgs,
+};
 
 pub const PARTITIONS: u16 = 4;
 
@@ -148,6 +150,7 @@ impl TestEnv {
         let shutdown = CancellationToken::new();
         let settings = Settings {
             broker: self.broker.clone(),
+            rival_workers: Some((RivalArgs::default(), paths.redis.clone())),
             api: Some((serve, paths)),
             consumer: None,
             metrics_bind: None,
@@ -171,6 +174,7 @@ impl TestEnv {
             api: None,
             consumer: Some(self.consumer_args()),
             metrics_bind: None,
+            rival_workers: None,
         };
         let app = App::start(self.pool.clone(), settings, shutdown.clone())
             .await
