@@ -15,7 +15,9 @@
 //! Keys of item N, under the configured prefix P: `P:item:N:stock` (units left, counted by
 //! `redis-lua` and `redis-watch`; its presence marks the item as loaded), `P:item:N:buyers` (set
 //! of user ids), `P:item:N:tokens` (one list entry per unit left, counted by `redis-list`, which
-//! leaves the counter alone), `P:item:N:lock` and `P:item:N:fence` (for `redis-lock`).
+//! leaves the counter alone), `P:item:N:lock` and `P:item:N:fence` (for `redis-lock`),
+//! `P:item:N:verdicts` (hash of request id → what `redis-stream` answered it), and one stream for
+//! every item, `P:stream:orders` (the decisions `redis-stream`'s writer records in PostgreSQL).
 
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -49,6 +51,7 @@ pub struct ItemKeys {
     pub tokens: String,
     pub lock: String,
     pub fence: String,
+    pub verdicts: String,
 }
 
 pub struct RedisStore {
@@ -98,7 +101,13 @@ impl RedisStore {
             tokens: key("tokens"),
             lock: key("lock"),
             fence: key("fence"),
+            verdicts: key("verdicts"),
         }
+    }
+
+    /// The stream of `redis-stream`'s decisions, one for every item (as in the original design).
+    pub fn orders_stream(&self) -> String {
+        format!("{}:stream:orders", self.prefix)
     }
 
     /// A connection no other request uses until it is dropped.
