@@ -16,6 +16,10 @@
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
 //!
+//! One path here is not lock-based: [`redis_stream`] answers from Redis alone and has its
+//! decisions written to PostgreSQL afterwards by a background writer (hmdp's design), so it keeps
+//! its own idempotency ([`PurchasePath::keeps_own_idempotency`]).
+//!
 //! An item is sold through one path at a time: the Redis paths keep their own copy of its stock,
 //! and a lock only excludes those who take it. Whatever a path gets wrong, the database
 //! constraints (one order per user, stock never negative) remain the backstop — which is why
@@ -31,6 +35,7 @@ pub mod redis_list;
 pub mod redis_lock;
 pub mod redis_lua;
 pub mod redis_store;
+pub mod redis_stream;
 pub mod redis_watch;
 
 use std::sync::Arc;
@@ -64,6 +69,9 @@ Purchase paths (POST /orders?path=NAME):
   redis-watch  WATCH/MULTI/EXEC on the Redis stock and buyer set, retried on abort
   redis-lua    one Lua script decides in Redis; compensated if the database write fails
   redis-list   stock as a Redis list of tokens, LPOP claims one
+  redis-stream FRAGILE, hmdp's design: one Lua script decides in Redis and XADDs the decision to
+               a stream; answered at once, written to PostgreSQL later by the stream writer
+               (SECKILL_STREAM_*); what Redis loses before the writer commits is lost
 Every path but queue answers 200 with the decision. Redis keys: {prefix}:item:{id}:*.";
 
 /// One way of deciding a purchase, synchronously.
@@ -89,6 +97,14 @@ pub trait PurchasePath: Send + Sync {
     /// it read, and pays it out in the same write as the share. The API refuses red packets to
     /// a path that does not.
     fn sells_red_packets(&self) -> bool {
+        false
+    }
+
+    /// Whether the path answers a repeated request id itself, from a memory of its own, so that
+    /// [`decide`] must not read PostgreSQL for a stored outcome first (`redis-stream`, whose
+    /// request path never touches the database). Such a path is called once per request and
+    /// never returns [`PathError::AlreadyDecided`] or [`PathError::BuyerInFlight`].
+    fn keeps_own_idempotency(&self) -> bool {
         false
     }
 
@@ -169,12 +185,16 @@ const DECIDE_TRIES_MAX: u32 = 8;
 const BUYER_IN_FLIGHT_BEFORE_REPAIR: u32 = 4;
 
 /// Decides `request` through `path`, idempotently: a request id with a stored outcome gets that
-/// outcome, whichever path stored it, and never creates a second order.
+/// outcome, whichever path stored it, and never creates a second order. A path that
+/// [keeps its own idempotency](PurchasePath::keeps_own_idempotency) is asked directly.
 pub async fn decide(
     pool: &PgPool,
     path: &dyn PurchasePath,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
+    if path.keeps_own_idempotency() {
+        return path.purchase(request).await;
+    }
     let mut in_flight = 0;
     for attempt in 0..DECIDE_TRIES_MAX {
         let mut stored = store::stored_outcomes(pool, &[request.request_id]).await?;
@@ -502,6 +522,7 @@ impl Registry {
             )),
             Box::new(redis_lua::RedisLua::new(p(), redis.clone())),
             Box::new(redis_list::RedisList::new(p(), redis.clone())),
+            Box::new(redis_stream::RedisStream::new(p(), redis.clone())),
         ];
         Ok(Self { pool, paths, redis })
     }
