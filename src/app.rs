@@ -25,6 +25,7 @@ use crate::config::{
 };
 use crate::consumer;
 use crate::paths::Registry;
+use crate::paths::redis_stream::writer::StreamWriter;
 use crate::shedding::Shedder;
 
 /// What one process runs. Every part is optional but the broker, which both the API and the
@@ -105,11 +106,15 @@ impl App {
     /// rival paths answered at the API.
     fn start_rival_workers(
         &mut self,
-        _pool: PgPool,
+        pool: PgPool,
         _broker: &BrokerArgs,
-        _rivals: &RivalArgs,
-        _redis: &RedisArgs,
+        rivals: &RivalArgs,
+        redis: &RedisArgs,
     ) -> anyhow::Result<()> {
+        let writer = StreamWriter::new(pool, redis, rivals.stream_writer.clone())?;
+        let stop = self.shutdown.clone();
+        self.tasks
+            .spawn(async move { ("redis-stream writer", writer.run(stop).await) });
         Ok(())
     }
 

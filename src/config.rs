@@ -478,7 +478,53 @@ pub struct PathArgs {
 /// --rival-workers` runs them beside the queue path's consumer, so that they can be stopped,
 /// scaled or killed apart from the API.
 #[derive(Debug, Clone, Default, Args)]
-pub struct RivalArgs {}
+pub struct RivalArgs {
+    #[command(flatten)]
+    pub stream_writer: StreamWriterArgs,
+}
+
+/// The `redis-stream` path's writer: it reads the decisions the API answered off the Redis
+/// stream (`XREADGROUP`, one consumer group shared by every writer) and writes them to
+/// PostgreSQL, a batch per transaction, acknowledging each batch once committed.
+#[derive(Debug, Clone, Args)]
+pub struct StreamWriterArgs {
+    /// Most stream entries one writer reads at once and writes in one transaction: larger
+    /// batches cost fewer commits under load; an idle stream's entries go out at once anyway.
+    #[arg(long, env = "SECKILL_STREAM_BATCH_MAX", default_value_t = StreamWriterArgs::default().stream_batch_max,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub stream_batch_max: u32,
+
+    /// Longest, in milliseconds, a read waits for new entries (`XREADGROUP … BLOCK`) before the
+    /// writer looks for idle entries to claim and for shutdown again. Below the Redis reply
+    /// timeout (5 s): a blocked read must not look like a dead connection.
+    #[arg(long, env = "SECKILL_STREAM_BLOCK_MS", default_value_t = StreamWriterArgs::default().stream_block_ms,
+          value_parser = clap::value_parser!(u64).range(1..=2_000))]
+    pub stream_block_ms: u64,
+
+    /// Milliseconds an entry delivered to a writer may stay unacknowledged before any writer
+    /// claims it (`XAUTOCLAIM`): how long the entries of a writer that died wait for another.
+    /// Shorter than a slow batch's write, two writers work on one entry (still one order: the
+    /// database decides), so keep it well above the time a batch takes.
+    #[arg(long, env = "SECKILL_STREAM_CLAIM_IDLE_MS", default_value_t = StreamWriterArgs::default().stream_claim_idle_ms,
+          value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub stream_claim_idle_ms: u64,
+}
+
+impl Default for StreamWriterArgs {
+    fn default() -> Self {
+        Self {
+            stream_batch_max: 500,
+            stream_block_ms: 200,
+            stream_claim_idle_ms: 10_000,
+        }
+    }
+}
+
+impl StreamWriterArgs {
+    pub fn claim_idle(&self) -> Duration {
+        Duration::from_millis(self.stream_claim_idle_ms)
+    }
+}
 
 impl PathArgs {
     pub fn lock_table_ttl(&self) -> Duration {

@@ -4,7 +4,8 @@
 //! where it was on SIGCONT, which is how the fencing test makes a zombie consumer).
 //! Steps on the consumer's path: `before_decide`, `before_commit`, `after_commit` (committed,
 //! not acked), `after_ack` (acked, no reply sent); on the API's: `after_publish_confirmed` (the
-//! broker holds the request, the client was not answered). Unset, a check costs one atomic load.
+//! broker holds the request, the client was not answered); on the `redis-stream` writer's:
+//! `stream_after_commit` (a batch committed, its entries not acknowledged). Unset, a check costs one atomic load.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
