@@ -626,6 +626,9 @@ async fn a_repeated_request_id_is_one_request_on_every_path() {
         let burst: Vec<_> = (0..10).map(|_| api.post(&url, body.clone())).collect();
         let mut answers = run_concurrently(burst, 10).await;
         answers.push(api.post(&url, body.clone()).await);
+        // `redis-stream` answers before its writer records the decision: wait for the record.
+        env.wait_for_outcomes(item, 1, Duration::from_secs(30))
+            .await;
         answers.push(api.get(&format!("/orders/{request_id}")).await);
 
         let first = &answers[0].1;

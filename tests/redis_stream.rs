@@ -12,10 +12,13 @@ use redis::aio::MultiplexedConnection;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use common::{TestApi, TestEnv, run_concurrently};
+use common::{TestApi, TestEnv, request, run_concurrently};
 use seckill::config::ServeArgs;
+use seckill::domain::Status;
 use seckill::paths::redis_store::RedisStore;
 use seckill::paths::redis_stream::writer::GROUP;
+use seckill::paths::{PathError, Registry};
+use seckill::sale::PathName;
 
 /// What a request was told: its status and, for a purchase, its order id.
 type Told = (String, Option<String>);
@@ -362,7 +365,7 @@ async fn a_vanished_stream_is_recreated_and_an_unreadable_entry_set_aside() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_down_answers_503_with_retry_after() {
+async fn redis_or_database_down_answers_503_with_retry_after() {
     let env = TestEnv::new().await;
     let mut paths = env.path_args();
     paths.redis.redis_url = "redis://127.0.0.1:1".into();
@@ -380,6 +383,30 @@ async fn redis_down_answers_503_with_retry_after() {
     let body: Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("redis"), "{body}");
     assert_eq!(env.outcome_count(item).await, 0);
+
+    // PostgreSQL down: an item Redis does not have cannot be loaded (503); one it has is still
+    // sold from Redis alone — the design's speed, and why its writer may fall behind.
+    let dead_pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/seckill")
+        .unwrap();
+    let registry = Registry::new(dead_pool, &env.path_args()).unwrap();
+    let path = registry.get(PathName::RedisStream).unwrap();
+    let unloaded = registry.purchase(path, &request(item, "dave")).await;
+    assert!(
+        matches!(unloaded, Err(PathError::Unavailable(_))),
+        "{unloaded:?}"
+    );
+    RedisStore::new(&env.path_args().redis)
+        .unwrap()
+        .load_item(&env.pool, item, true)
+        .await
+        .unwrap();
+    let sold = registry
+        .purchase(path, &request(item, "erin"))
+        .await
+        .unwrap();
+    assert_eq!(sold.status, Status::Purchased);
 
     api.shutdown.cancel();
     env.cleanup().await;
