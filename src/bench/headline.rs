@@ -1,6 +1,6 @@
 //! The run's answer in one sentence, derived from its figures: how fast the queue path went,
-//! how many times the best lock-based path that is, whether every safe path's audit was clean,
-//! and what the unsafe path did. It heads the terminal output and the report.
+//! how many times the best lock-based path that is, how `redis-stream` (which answers before it
+//! writes) compares, whether every safe path's audit was clean, and what the unsafe path did. It heads the terminal output and the report.
 
 use super::row::BenchPath;
 use super::summary::{BenchResults, PathResult};
@@ -10,6 +10,9 @@ pub fn of(results: &BenchResults) -> String {
     let mut parts = Vec::new();
     if let Some(speed) = speed(results) {
         parts.push(speed);
+    }
+    if let Some(stream) = answered_before_written(results) {
+        parts.push(stream);
     }
     parts.push(audits(&results.paths));
     if let Some(naive) = results.paths.iter().find(|r| r.path == BenchPath::NAIVE) {
@@ -36,9 +39,28 @@ fn rate(results: &BenchResults, path: BenchPath) -> Option<f64> {
     }
 }
 
-/// The lock-based paths (every path that decides in the request), the unsafe one aside.
+/// The lock-based paths (every path that decides in the request), the unsafe one aside, and
+/// `redis-stream` too: it answers before anything is written, so it is compared on its own line.
 fn is_lock_path(path: BenchPath) -> bool {
-    !path.is_queue() && path != BenchPath::NAIVE
+    !path.is_queue() && path != BenchPath::NAIVE && path != REDIS_STREAM
+}
+
+const REDIS_STREAM: BenchPath = BenchPath::Path(crate::sale::PathName::RedisStream);
+
+/// "redis-stream (answered before it is written) N/s, p99 M ms, the queue path K× it".
+fn answered_before_written(results: &BenchResults) -> Option<String> {
+    let stream = results.paths.iter().find(|r| r.path == REDIS_STREAM)?;
+    let stream_rate = rate(results, REDIS_STREAM)?;
+    let mut part = format!(
+        "redis-stream (answered before it is written) {stream_rate:.0}/s, p99 {:.0} ms",
+        stream.latency.p99_ms
+    );
+    if let Some(q) = rate(results, BenchPath::QUEUE)
+        && stream_rate > 0.0
+    {
+        part += &format!(", the queue path {:.1}× it", q / stream_rate);
+    }
+    Some(part)
 }
 
 /// "queue sustained N/s at p99 ≤ B ms, K× the best lock-based path (name, M/s)".
