@@ -250,10 +250,18 @@ async fn update_items(
     Ok(())
 }
 
+/// The error [`write_batch`] returns when another path stored an outcome for one of its request
+/// ids while it ran: nothing was written, and the batch is to be tried again (it then skips it).
+pub const DECIDED_MEANWHILE: &str = "a request id of the batch was decided meanwhile";
+
+/// Whether `e` is [`DECIDED_MEANWHILE`].
+pub fn is_decided_meanwhile(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Protocol(m) if m == DECIDED_MEANWHILE)
+}
+
 /// The batch's outcomes, in stream order (their `seq` follows it: a user's purchase comes before
 /// their `already_purchased`, as the audit checks). A conflict means another path decided a
-/// request id between `read_held` and here: the batch is rolled back and tried again, and then
-/// skips it.
+/// request id between `read_held` and here: [`DECIDED_MEANWHILE`], the batch is rolled back.
 async fn insert_outcomes(tx: &mut sqlx::PgConnection, written: &[Written]) -> sqlx::Result<()> {
     if written.is_empty() {
         return Ok(());
@@ -284,11 +292,7 @@ async fn insert_outcomes(tx: &mut sqlx::PgConnection, written: &[Written]) -> sq
     .await?
     .rows_affected();
     if inserted != written.len() as u64 {
-        return Err(sqlx::Error::Protocol(format!(
-            "{} of {} outcomes were decided concurrently; the batch is retried",
-            written.len() as u64 - inserted,
-            written.len()
-        )));
+        return Err(sqlx::Error::Protocol(DECIDED_MEANWHILE.into()));
     }
     Ok(())
 }

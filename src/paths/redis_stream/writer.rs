@@ -33,7 +33,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use super::entry::{Entry, Unreadable, parse_entries, parse_read_reply};
-use super::record::{Settlement, write_batch};
+use super::record::{Settlement, is_decided_meanwhile, write_batch};
 use crate::backoff;
 use crate::config::{RedisArgs, StreamWriterArgs};
 use crate::paths::redis_store::RedisStore;
@@ -45,6 +45,10 @@ const DEAD_LETTERS_MAX: u64 = 10_000;
 /// How long an `already_purchased` waits for its purchase to be committed, at least: past it, it
 /// is recorded as told (its purchase was lost, and the audit shows it).
 const REFUSAL_WAIT_MIN: Duration = Duration::from_secs(60);
+
+/// Tries of a batch that met a request id decided meanwhile by another path (each try after
+/// the first skips what it met, so a second one almost always succeeds).
+const RACED_TRIES_MAX: u32 = 8;
 
 /// The writer of one process.
 pub struct StreamWriter {
@@ -271,6 +275,12 @@ impl StreamWriter {
             .await
             {
                 Ok(settlement) => return (self.committed(settlement), Vec::new()),
+                Err(e) if is_decided_meanwhile(&e) && attempt < RACED_TRIES_MAX => {
+                    tracing::info!(
+                        "redis-stream writer: a request id was decided meanwhile; retrying"
+                    );
+                    attempt += 1;
+                }
                 Err(e) if crate::store::is_transient(&e) => {
                     tracing::warn!(error = %e, entries = entries.len(),
                         "redis-stream writer: database unavailable; the batch is kept and retried");
