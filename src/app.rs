@@ -25,6 +25,8 @@ use crate::config::{
 };
 use crate::consumer;
 use crate::paths::Registry;
+use crate::paths::redis_mq::consumers::Consumers as RedisMqConsumers;
+use crate::paths::redis_store::RedisStore;
 use crate::shedding::Shedder;
 
 /// What one process runs. Every part is optional but the broker, which both the API and the
@@ -105,11 +107,16 @@ impl App {
     /// rival paths answered at the API.
     fn start_rival_workers(
         &mut self,
-        _pool: PgPool,
-        _broker: &BrokerArgs,
-        _rivals: &RivalArgs,
-        _redis: &RedisArgs,
+        pool: PgPool,
+        broker: &BrokerArgs,
+        rivals: &RivalArgs,
+        redis: &RedisArgs,
     ) -> anyhow::Result<()> {
+        let redis = Arc::new(RedisStore::new(redis)?);
+        let consumers = RedisMqConsumers::new(pool, broker, rivals, redis);
+        let stop = self.shutdown.clone();
+        self.tasks
+            .spawn(async move { ("redis-mq consumers", consumers.run(stop).await) });
         Ok(())
     }
 
@@ -136,7 +143,7 @@ impl App {
         path_args: &PathArgs,
     ) -> anyhow::Result<()> {
         let topology = Topology::new(broker);
-        let paths = Registry::new(pool.clone(), path_args)?;
+        let paths = Registry::new(pool.clone(), path_args, broker)?;
         let publisher =
             Publisher::connect(&broker.amqp_url, topology.clone(), serve.publish).await?;
         let publisher = Arc::new(publisher);

@@ -736,7 +736,7 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy("postgres://postgres@127.0.0.1:1/seckill")
         .unwrap();
-    let registry = Registry::new(dead_pool, &env.path_args()).unwrap();
+    let registry = Registry::new(dead_pool, &env.path_args(), &env.broker).unwrap();
     let started = Instant::now();
     let result = registry
         .purchase(

@@ -7,7 +7,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// One purchase path: `queue` (seckill's own, asynchronous) or one of the lock-based paths.
+/// One purchase path: `queue` (seckill's own, asynchronous) or one of its rivals: the lock-based
+/// paths, and `redis-mq`, which answers `pending` and decides later as `queue` does.
 #[derive(
     Debug,
     Clone,
@@ -34,11 +35,12 @@ pub enum PathName {
     RedisWatch,
     RedisLua,
     RedisList,
+    RedisMq,
 }
 
 impl PathName {
     /// Every path, `queue` (the default) first, in the order the help and the errors list them.
-    pub const ALL: [PathName; 11] = [
+    pub const ALL: [PathName; 12] = [
         PathName::Queue,
         PathName::Naive,
         PathName::Pessimistic,
@@ -50,6 +52,7 @@ impl PathName {
         PathName::RedisWatch,
         PathName::RedisLua,
         PathName::RedisList,
+        PathName::RedisMq,
     ];
 
     /// The name as the API takes it and `outcomes.path` stores it.
@@ -66,6 +69,7 @@ impl PathName {
             PathName::RedisWatch => "redis-watch",
             PathName::RedisLua => "redis-lua",
             PathName::RedisList => "redis-list",
+            PathName::RedisMq => "redis-mq",
         }
     }
 }
