@@ -415,3 +415,32 @@ async fn redis_down_or_rabbitmq_unreachable_answers_503_with_retry_after() {
     assert_eq!((report.orders, report.outcomes), (0, 0));
     env.cleanup().await;
 }
+
+/// `tests/lock_paths.rs`'s repeated request id, for the path that answers `pending` first: ten
+/// sends of one id at once and one more are each `pending` or the decision, the decision is the
+/// same every time, and it is one order and one outcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repeated_request_id_is_one_request() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(10).await;
+    let id = Uuid::new_v4();
+    let bodies = vec![body(id, item, "alice"); 10];
+    let mut answers = send_all(&api, &bodies, 10).await;
+    let decided = settle(&api, &HashSet::from([id])).await;
+    assert_eq!(decided[&id]["status"], "purchased", "{}", decided[&id]);
+    answers.extend(send_all(&api, &bodies[..1], 1).await);
+    assert_eq!(
+        answers.last().unwrap().1,
+        200,
+        "decided, a retry gets the decision"
+    );
+    assert_answers_agree(&answers, &decided);
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!(
+        (report.orders, report.outcomes, report.stock_remaining),
+        (1, 1, 9)
+    );
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
