@@ -65,6 +65,22 @@ struct Gate {
     given_back: u64,
 }
 
+impl Gate {
+    /// A request that read `given_back_seen` before its `DECR` went below zero: the item is
+    /// sold out, unless a unit was given back since (it may be for sale again).
+    fn missed_unit(&mut self, given_back_seen: u64) {
+        if self.given_back == given_back_seen {
+            self.sold_out = true;
+        }
+    }
+
+    /// A unit went back to Redis: it is for sale again.
+    fn gave_back(&mut self) {
+        self.given_back += 1;
+        self.sold_out = false;
+    }
+}
+
 pub struct RedisMq {
     pool: PgPool,
     redis: Arc<RedisStore>,
@@ -182,11 +198,7 @@ impl RedisMq {
             // Harmless: below zero is sold out either way, and a load puts the real count back.
             tracing::warn!(error = %e, item_id, "redis-mq: could not undo a DECR below zero");
         }
-        self.update_gate(item_id, |g| {
-            if g.given_back == given_back_seen {
-                g.sold_out = true;
-            }
-        });
+        self.update_gate(item_id, |g| g.missed_unit(given_back_seen));
     }
 
     /// Gives back what a request took from Redis and clears this process's flag, so the unit is
@@ -210,10 +222,7 @@ impl RedisMq {
                 "redis-mq: could not give a unit back to Redis: it undersells this item until `seckill redis-load`");
             return;
         }
-        self.update_gate(request.item_id, |g| {
-            g.given_back += 1;
-            g.sold_out = false;
-        });
+        self.update_gate(request.item_id, Gate::gave_back);
     }
 
     async fn sold_out(&self, request: &OrderRequest) -> Result<Answer, PathError> {
@@ -274,5 +283,31 @@ impl PurchasePath for RedisMq {
                 Err(error)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gate;
+
+    #[test]
+    fn a_unit_given_back_while_a_request_missed_it_leaves_the_item_for_sale() {
+        // Missed with nothing given back: sold out.
+        let mut gate = Gate::default();
+        gate.missed_unit(gate.given_back);
+        assert!(gate.sold_out);
+
+        // A give-back after the request looked, before it set the flag: no flag.
+        let mut gate = Gate::default();
+        let seen = gate.given_back;
+        gate.gave_back();
+        gate.missed_unit(seen);
+        assert!(!gate.sold_out);
+
+        // A give-back after the flag was set: it clears it.
+        let mut gate = Gate::default();
+        gate.missed_unit(gate.given_back);
+        gate.gave_back();
+        assert!(!gate.sold_out);
     }
 }
