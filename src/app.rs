@@ -25,6 +25,8 @@ use crate::config::{
 };
 use crate::consumer;
 use crate::paths::Registry;
+use crate::paths::redis_mq::consumers::Consumers as RedisMqConsumers;
+use crate::paths::redis_store::RedisStore;
 use crate::paths::redis_stream::writer::StreamWriter;
 use crate::shedding::Shedder;
 
@@ -107,14 +109,19 @@ impl App {
     fn start_rival_workers(
         &mut self,
         pool: PgPool,
-        _broker: &BrokerArgs,
+        broker: &BrokerArgs,
         rivals: &RivalArgs,
         redis: &RedisArgs,
     ) -> anyhow::Result<()> {
-        let writer = StreamWriter::new(pool, redis, rivals.stream_writer.clone())?;
+        let writer = StreamWriter::new(pool.clone(), redis, rivals.stream_writer.clone())?;
         let stop = self.shutdown.clone();
         self.tasks
             .spawn(async move { ("redis-stream writer", writer.run(stop).await) });
+        let redis = Arc::new(RedisStore::new(redis)?);
+        let consumers = RedisMqConsumers::new(pool, broker, rivals, redis);
+        let stop = self.shutdown.clone();
+        self.tasks
+            .spawn(async move { ("redis-mq consumers", consumers.run(stop).await) });
         Ok(())
     }
 
@@ -141,7 +148,7 @@ impl App {
         path_args: &PathArgs,
     ) -> anyhow::Result<()> {
         let topology = Topology::new(broker);
-        let paths = Registry::new(pool.clone(), path_args)?;
+        let paths = Registry::new(pool.clone(), path_args, broker)?;
         let publisher =
             Publisher::connect(&broker.amqp_url, topology.clone(), serve.publish).await?;
         let publisher = Arc::new(publisher);

@@ -477,10 +477,35 @@ pub struct PathArgs {
 /// `seckill serve` runs them in its own process unless `--no-rival-workers`; `seckill consume
 /// --rival-workers` runs them beside the queue path's consumer, so that they can be stopped,
 /// scaled or killed apart from the API.
-#[derive(Debug, Clone, Default, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct RivalArgs {
     #[command(flatten)]
     pub stream_writer: StreamWriterArgs,
+
+    /// Competing consumers of the `redis-mq` path's queue in this process, each deciding one
+    /// message at a time in its own PostgreSQL transaction (its own channel, one connection).
+    /// They all update the item's row, so past a few more of them only queue on its lock.
+    #[arg(long, env = "SECKILL_REDIS_MQ_CONSUMERS", default_value_t = RivalArgs::default().redis_mq_consumers,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub redis_mq_consumers: u16,
+
+    /// Unacknowledged messages the broker may push to each `redis-mq` consumer: enough that a
+    /// consumer never waits on the network between two messages. A consumer killed holding them
+    /// hands them all back, to be decided by the others.
+    #[arg(long, env = "SECKILL_REDIS_MQ_PREFETCH", default_value_t = RivalArgs::default().redis_mq_prefetch,
+          value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub redis_mq_prefetch: u16,
+}
+
+impl Default for RivalArgs {
+    /// The same as clap's defaults.
+    fn default() -> Self {
+        Self {
+            stream_writer: StreamWriterArgs::default(),
+            redis_mq_consumers: 4,
+            redis_mq_prefetch: 200,
+        }
+    }
 }
 
 /// The `redis-stream` path's writer: it reads the decisions the API answered off the Redis

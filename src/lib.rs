@@ -30,7 +30,9 @@
 //!   door once the consumer announced an item sold out; [`batcher`]: the handlers' group commit.
 //! - [`paths`]: what the queue path is compared with — the lock-based purchase paths
 //!   (`POST /orders?path=NAME`: pessimistic, optimistic, advisory, Redis locks and scripts, and
-//!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema.
+//!   the deliberately unsafe `naive`), one file each behind one trait, on the same schema; and
+//!   `redis-mq` (Redis pre-deduct, then a RabbitMQ queue read by competing consumers), which
+//!   answers `pending` as the queue path does.
 //! - [`audit`]: the invariants, checked from the database alone, in one snapshot.
 //! - `bench` (feature `bench`, on by default): `seckill bench`, every path on one scenario;
 //!   `demo`: one queue-path sale end to end, the quickest look.

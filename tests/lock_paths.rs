@@ -618,7 +618,12 @@ async fn a_failed_database_write_leaves_redis_as_it_was() {
 async fn a_repeated_request_id_is_one_request_on_every_path() {
     let env = TestEnv::new().await;
     let api = env.start_api(None).await;
-    for path in &PathName::ALL[1..] {
+    // The paths that decide in the request; `redis-mq` answers `pending` first (its own
+    // version of this test is in tests/redis_mq.rs).
+    let deciding_now = PathName::ALL[1..]
+        .iter()
+        .filter(|p| **p != PathName::RedisMq);
+    for path in deciding_now {
         let item = api.create_item(10).await;
         let request_id = Uuid::new_v4();
         let body = json!({"item_id": item, "user_id": "alice", "request_id": request_id});
@@ -739,7 +744,7 @@ async fn a_dead_redis_or_database_answers_503_quickly() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy("postgres://postgres@127.0.0.1:1/seckill")
         .unwrap();
-    let registry = Registry::new(dead_pool, &env.path_args()).unwrap();
+    let registry = Registry::new(dead_pool, &env.path_args(), &env.broker).unwrap();
     let started = Instant::now();
     let result = registry
         .purchase(

@@ -390,7 +390,7 @@ async fn redis_or_database_down_answers_503_with_retry_after() {
         .acquire_timeout(Duration::from_secs(1))
         .connect_lazy("postgres://postgres@127.0.0.1:1/seckill")
         .unwrap();
-    let registry = Registry::new(dead_pool, &env.path_args()).unwrap();
+    let registry = Registry::new(dead_pool, &env.path_args(), &env.broker).unwrap();
     let path = registry.get(PathName::RedisStream).unwrap();
     let unloaded = registry.purchase(path, &request(item, "dave")).await;
     assert!(

@@ -8,7 +8,7 @@
 //! | `GET /items/{id}` | stock initial / remaining / sold |
 //! | `POST /items/{id}/restock` | add units (admin token when configured); clears `sold_out` |
 //! | `POST /orders[?wait=ms]` | accept a purchase request (202), or its decision (200) (producer token when configured) |
-//! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200): see [`crate::paths`] |
+//! | `POST /orders?path=NAME` | decide it synchronously through a lock-based path (200), or accept it on `redis-mq` (202): see [`crate::paths`] |
 //! | `GET /orders/{request_id}` | `pending` or the decision; 404 if never accepted (producer token when configured) |
 //! | `GET /healthz` | 200 when database and broker are reachable, else 503 |
 //! | `GET /metrics` | the process's metrics, Prometheus text format (see [`crate::metrics`]) |

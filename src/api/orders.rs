@@ -16,7 +16,7 @@ use super::error::ApiError;
 use super::extract::{Json, Path, Query};
 use crate::broker::publisher::{PublishError, Waiter};
 use crate::domain::{ItemId, ItemKind, OrderRequest, Outcome, validate_user_id};
-use crate::paths::PurchasePath;
+use crate::paths::{Answer, PurchasePath};
 use crate::sale::{ItemRules, PathName, UnknownPath};
 use crate::store::{self, RequestState};
 
@@ -79,7 +79,8 @@ impl From<Outcome> for OrderStatus {
 /// `POST /orders[?wait=ms]`: checks the item, records and publishes the request (202 only once
 /// the broker confirmed it; a retry of a decided request id gets its stored answer), and with `wait` answers 200 with the decision if it comes in time.
 /// An item announced sold out is answered 200 `sold_out` at once, without publishing.
-/// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200.
+/// With `?path=NAME` (not `queue`) the named path decides it now and it answers 200 — but
+/// `redis-mq`, which accepts it and answers 202 `pending`, like the queue path.
 ///
 /// Its span carries the request id, which the consumer's log of the decision carries too.
 #[tracing::instrument(name = "order", skip_all, fields(item_id = new.item_id, request_id, path))]
@@ -94,9 +95,16 @@ pub async fn create(
     let request = checked_request(&state, new, lock_path).await?;
     tracing::Span::current().record("request_id", tracing::field::display(request.request_id));
     if let Some(path) = lock_path {
-        let outcome = state.paths.purchase(path, &request).await?;
-        tracing::debug!(status = %outcome.status.as_str(), "decided by a lock path");
-        return Ok(decided(outcome));
+        return match state.paths.answer(path, &request).await? {
+            Answer::Decided(outcome) => {
+                tracing::debug!(status = %outcome.status.as_str(), "decided by a rival path");
+                Ok(decided(outcome))
+            }
+            Answer::Pending => {
+                tracing::debug!("accepted by a rival path, to be decided later");
+                Ok(pending(request.request_id))
+            }
+        };
     }
     if let Some(outcome) = shed_at_the_door(&state, &request).await? {
         return Ok(decided(outcome));
@@ -234,11 +242,7 @@ async fn publish_and_wait(
         tracing::debug!(status = %outcome.status.as_str(), "decision relayed");
         return Ok(decided(outcome));
     }
-    Ok((
-        StatusCode::ACCEPTED,
-        axum::Json(OrderStatus::pending(request_id)),
-    )
-        .into_response())
+    Ok(pending(request_id))
 }
 
 /// What became of a request handed to the broker.
@@ -313,6 +317,15 @@ async fn wait_for_decision(state: &AppState, waiter: Waiter, wait: Duration) -> 
     };
     metrics.reply_waiters.dec();
     outcome
+}
+
+/// 202: accepted, to be decided later; the client asks `GET /orders/{request_id}`.
+fn pending(request_id: Uuid) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        axum::Json(OrderStatus::pending(request_id)),
+    )
+        .into_response()
 }
 
 /// 200 with the decision.

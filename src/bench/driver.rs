@@ -17,6 +17,7 @@ use super::scenario::Attempt;
 use super::stack::Stack;
 use super::stats::Recorder;
 use crate::domain::OrderRequest;
+use crate::paths::Answer as PathAnswer;
 
 /// How long a queue-path client waits for its decision before it counts as `pending`.
 const DECISION_WAIT: Duration = Duration::from_secs(30);
@@ -237,8 +238,10 @@ async fn send_direct(bench: &Bench, path: BenchPath, request: OrderRequest) -> A
     let Some(lock_path) = lock_path else {
         return Answer::Error;
     };
-    match registry.purchase(lock_path, &request).await {
-        Ok(outcome) => Answer::Decided(outcome.status),
+    // `redis-mq` answers `pending`: the run's end waits for its decisions in the store.
+    match registry.answer(lock_path, &request).await {
+        Ok(PathAnswer::Decided(outcome)) => Answer::Decided(outcome.status),
+        Ok(PathAnswer::Pending) => Answer::Pending,
         Err(_) => Answer::Error,
     }
 }

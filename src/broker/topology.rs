@@ -4,7 +4,11 @@
 //! ```text
 //! {prefix}.orders (direct exchange) --"<n>"--> {prefix}.orders.p<n>   n = item_id mod partitions
 //! {prefix}.dead   (fanout exchange) ---------> {prefix}.dead           rejected/undecodable messages
+//! (default exchange) ------------------------> {prefix}.redis-mq       the redis-mq rival path
 //! ```
+//!
+//! `{prefix}.redis-mq` belongs to the `redis-mq` rival path (see `crate::paths::redis_mq`):
+//! one durable queue read by competing consumers, declared only by that path and its consumers.
 
 use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
@@ -86,6 +90,39 @@ impl Topology {
 
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dead", self.prefix)
+    }
+
+    /// The one queue of the `redis-mq` rival path, published to through the default exchange.
+    pub fn redis_mq_queue(&self) -> String {
+        format!("{}.redis-mq", self.prefix)
+    }
+
+    /// Declares the `redis-mq` path's queue and the dead letters it rejects into (idempotent).
+    /// Competing consumers, not single-active: any consumer takes any message, in no order.
+    pub async fn declare_redis_mq(&self, channel: &Channel) -> lapin::Result<()> {
+        self.declare_dead_letters(channel).await?;
+        let mut args = FieldTable::default();
+        // Bounded like the partition queues: past it a publish is refused and the API answers
+        // 503, rather than the broker dropping the earliest buyers.
+        args.insert(
+            "x-max-length".into(),
+            AMQPValue::LongUInt(self.queue_length_max),
+        );
+        args.insert(
+            "x-overflow".into(),
+            AMQPValue::LongString("reject-publish".into()),
+        );
+        args.insert("x-queue-version".into(), AMQPValue::ShortShortUInt(2));
+        // A message a consumer rejects (it cannot be decoded) is kept where operators look,
+        // not redelivered.
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(self.dead_letter_exchange().into()),
+        );
+        channel
+            .queue_declare(self.redis_mq_queue().into(), DURABLE_QUEUE, args)
+            .await
+            .map(|_| ())
     }
 
     /// Declares exchanges and queues (idempotent). Every option is spelled out on purpose.
@@ -227,6 +264,10 @@ impl Topology {
                 self.dead_letter_queue().into(),
                 QueueDeleteOptions::default(),
             )
+            .await?;
+        // Deleting a queue that was never declared is a no-op for the broker.
+        channel
+            .queue_delete(self.redis_mq_queue().into(), QueueDeleteOptions::default())
             .await?;
         for exchange in [
             self.orders_exchange(),

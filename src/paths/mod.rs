@@ -15,10 +15,14 @@
 //! - [`insert_order`], [`record_outcome`], [`record_repeat_buyer`]: the writes every path makes,
 //!   so that every decision lands in `outcomes` with `path` = its name, as the audit expects.
 //! - [`redis_store`]: the Redis connection, keys and loader of the `redis-*` paths.
+//! - [`answer`]: the same idempotency for what the API answers, which for [`redis_mq`] — the
+//!   one rival that decides later, in consumers of a RabbitMQ queue — is [`Answer::Pending`].
 //!
-//! One path here is not lock-based: [`redis_stream`] answers from Redis alone and has its
-//! decisions written to PostgreSQL afterwards by a background writer (hmdp's design), so it keeps
-//! its own idempotency ([`PurchasePath::keeps_own_idempotency`]).
+//! Two paths here are not lock-based, the asynchronous Redis-first rivals: [`redis_stream`]
+//! answers from Redis alone and has its decisions written to PostgreSQL afterwards by a
+//! background writer (hmdp's design), so it keeps its own idempotency
+//! ([`PurchasePath::keeps_own_idempotency`]); [`redis_mq`] answers `pending` and its consumers
+//! decide (miaosha's design).
 //!
 //! An item is sold through one path at a time: the Redis paths keep their own copy of its stock,
 //! and a lock only excludes those who take it. Whatever a path gets wrong, the database
@@ -34,6 +38,7 @@ pub mod pessimistic;
 pub mod redis_list;
 pub mod redis_lock;
 pub mod redis_lua;
+pub mod redis_mq;
 pub mod redis_store;
 pub mod redis_stream;
 pub mod redis_watch;
@@ -46,7 +51,7 @@ use sqlx::{PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::backoff;
-use crate::config::PathArgs;
+use crate::config::{BrokerArgs, PathArgs};
 use crate::domain::{ItemKind, OrderRequest, Outcome, Status};
 use crate::sale::{Holding, ItemRules, PathName, Seen, draw_share};
 use crate::store;
@@ -72,7 +77,11 @@ Purchase paths (POST /orders?path=NAME):
   redis-stream FRAGILE, hmdp's design: one Lua script decides in Redis and XADDs the decision to
                a stream; answered at once, written to PostgreSQL later by the stream writer
                (SECKILL_STREAM_*); what Redis loses before the writer commits is lost
-Every path but queue answers 200 with the decision. Redis keys: {prefix}:item:{id}:*.";
+  redis-mq     FRAGILE, qiurunze123/miaosha's design: in-process sold-out flag, Redis DECR,
+               buyer set, then a RabbitMQ queue read by competing consumers (202 pending);
+               Redis and PostgreSQL can disagree after a crash or a refused write
+Every path but queue and redis-mq answers 200 with the decision. Redis keys:
+{prefix}:item:{id}:*.";
 
 /// One way of deciding a purchase, synchronously.
 #[async_trait::async_trait]
@@ -84,6 +93,14 @@ pub trait PurchasePath: Send + Sync {
     /// in `outcomes` (and the order, for a purchase) and returns it. Call it through [`decide`],
     /// which handles repeats of a request id.
     async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError>;
+
+    /// What the API answers the request with. Every path but `redis-mq` decides at once: the
+    /// decision of [`PurchasePath::purchase`] (the default). A path that decides later accepts
+    /// the request and answers [`Answer::Pending`]; the buyer asks `GET /orders/{request_id}`.
+    /// Call it through [`answer`], which handles repeats of a request id.
+    async fn answer(&self, request: &OrderRequest) -> Result<Answer, PathError> {
+        Ok(Answer::Decided(self.purchase(request).await?))
+    }
 
     /// Whether it sells any quantity of goods up to the item's `per_user_limit`. A path that
     /// does not is given only quantity 1 of items with a limit of 1 (the API refuses the rest):
@@ -114,6 +131,22 @@ pub trait PurchasePath: Send + Sync {
     /// failed undo leaves behind; without the repair the user would wait on it forever.
     async fn repair_buyer(&self, _request: &OrderRequest) -> Result<bool, PathError> {
         Ok(false)
+    }
+}
+
+/// What a path answers a purchase request with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Decided now (`200`).
+    Decided(Outcome),
+    /// Accepted, to be decided later (`202 pending`): the request is in the accepted-request
+    /// log, so `GET /orders/{request_id}` says `pending` until the decision is stored.
+    Pending,
+}
+
+impl From<Outcome> for Answer {
+    fn from(outcome: Outcome) -> Self {
+        Answer::Decided(outcome)
     }
 }
 
@@ -192,16 +225,37 @@ pub async fn decide(
     path: &dyn PurchasePath,
     request: &OrderRequest,
 ) -> Result<Outcome, PathError> {
+    settle_repeats(pool, path, request, || path.purchase(request)).await
+}
+
+/// What the API answers `request` through `path`, with [`decide`]'s idempotency: a request id
+/// with a stored outcome gets that outcome; otherwise the path's [`PurchasePath::answer`].
+pub async fn answer(
+    pool: &PgPool,
+    path: &dyn PurchasePath,
+    request: &OrderRequest,
+) -> Result<Answer, PathError> {
+    settle_repeats(pool, path, request, || path.answer(request)).await
+}
+
+/// Runs `attempt` until it is not cut short by a concurrent duplicate or a buyer in flight,
+/// answering a request id that has a stored outcome with it instead.
+async fn settle_repeats<'a, T: From<Outcome>>(
+    pool: &PgPool,
+    path: &'a dyn PurchasePath,
+    request: &'a OrderRequest,
+    attempt: impl Fn() -> BoxFuture<'a, Result<T, PathError>>,
+) -> Result<T, PathError> {
     if path.keeps_own_idempotency() {
-        return path.purchase(request).await;
+        return attempt().await;
     }
     let mut in_flight = 0;
-    for attempt in 0..DECIDE_TRIES_MAX {
+    for tried in 0..DECIDE_TRIES_MAX {
         let mut stored = store::stored_outcomes(pool, &[request.request_id]).await?;
         if let Some(outcome) = stored.remove(&request.request_id) {
-            return Ok(outcome);
+            return Ok(outcome.into());
         }
-        match path.purchase(request).await {
+        match attempt().await {
             Err(PathError::AlreadyDecided) => continue,
             Err(PathError::BuyerInFlight) => {
                 in_flight += 1;
@@ -209,7 +263,7 @@ pub async fn decide(
                     continue;
                 }
                 let base = Duration::from_millis(5);
-                tokio::time::sleep(backoff::delay(attempt, base, Duration::from_millis(200))).await;
+                tokio::time::sleep(backoff::delay(tried, base, Duration::from_millis(200))).await;
             }
             result => return result,
         }
@@ -490,9 +544,10 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds every path. Redis is connected lazily, so this needs neither Redis nor a runtime
-    /// with Redis up; a malformed Redis URL is the only error.
-    pub fn new(pool: PgPool, args: &PathArgs) -> anyhow::Result<Self> {
+    /// Builds every path. Redis and the broker (of `redis-mq`, whose queue is named after the
+    /// broker's prefix) are connected lazily, so this needs neither of them up; a malformed
+    /// Redis URL is the only error.
+    pub fn new(pool: PgPool, args: &PathArgs, broker: &BrokerArgs) -> anyhow::Result<Self> {
         let redis = Arc::new(RedisStore::new(&args.redis)?);
         let p = || pool.clone();
         let paths: Vec<Box<dyn PurchasePath>> = vec![
@@ -523,6 +578,7 @@ impl Registry {
             Box::new(redis_lua::RedisLua::new(p(), redis.clone())),
             Box::new(redis_list::RedisList::new(p(), redis.clone())),
             Box::new(redis_stream::RedisStream::new(p(), redis.clone())),
+            Box::new(redis_mq::RedisMq::new(p(), redis.clone(), broker)),
         ];
         Ok(Self { pool, paths, redis })
     }
@@ -543,6 +599,15 @@ impl Registry {
         request: &OrderRequest,
     ) -> Result<Outcome, PathError> {
         decide(&self.pool, path, request).await
+    }
+
+    /// [`answer`] through this registry's pool: what the API tells the client.
+    pub async fn answer(
+        &self,
+        path: &dyn PurchasePath,
+        request: &OrderRequest,
+    ) -> Result<Answer, PathError> {
+        answer(&self.pool, path, request).await
     }
 }
 
@@ -566,7 +631,15 @@ mod tests {
                 redis_prefix: "unit".into(),
             },
         };
-        let registry = Registry::new(pool, &args).unwrap();
+        let broker = BrokerArgs {
+            amqp_url: "amqp://guest:guest@127.0.0.1:1/%2f".into(),
+            queue_prefix: "unit".into(),
+            partitions: 1,
+            queue_length_max: 10,
+            queue_type: crate::config::QueueType::Classic,
+            announcer_users: None,
+        };
+        let registry = Registry::new(pool, &args, &broker).unwrap();
         let registered: Vec<PathName> = registry.paths.iter().map(|p| p.name()).collect();
         assert_eq!(registered, PathName::ALL[1..]);
         assert!(registry.get(PathName::Queue).is_none());

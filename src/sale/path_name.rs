@@ -7,8 +7,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// One purchase path: `queue` (seckill's own, asynchronous), one of the lock-based paths, or
-/// `redis-stream` (answered from Redis, written to PostgreSQL afterwards by a stream writer).
+/// One purchase path: `queue` (seckill's own, asynchronous) or one of its rivals: the lock-based
+/// paths, `redis-stream` (answered from Redis, written to PostgreSQL afterwards by a stream
+/// writer) and `redis-mq` (answers `pending` and decides later, as `queue` does).
 #[derive(
     Debug,
     Clone,
@@ -36,11 +37,12 @@ pub enum PathName {
     RedisLua,
     RedisList,
     RedisStream,
+    RedisMq,
 }
 
 impl PathName {
     /// Every path, `queue` (the default) first, in the order the help and the errors list them.
-    pub const ALL: [PathName; 12] = [
+    pub const ALL: [PathName; 13] = [
         PathName::Queue,
         PathName::Naive,
         PathName::Pessimistic,
@@ -53,6 +55,7 @@ impl PathName {
         PathName::RedisLua,
         PathName::RedisList,
         PathName::RedisStream,
+        PathName::RedisMq,
     ];
 
     /// The name as the API takes it and `outcomes.path` stores it.
@@ -70,6 +73,7 @@ impl PathName {
             PathName::RedisLua => "redis-lua",
             PathName::RedisList => "redis-list",
             PathName::RedisStream => "redis-stream",
+            PathName::RedisMq => "redis-mq",
         }
     }
 }

@@ -1,0 +1,313 @@
+//! `redis-mq` — qiurunze123/miaosha's design (and its many copies): Redis pre-deducts, a
+//! RabbitMQ queue carries the purchase to competing consumers, the buyer polls for the result.
+//!
+//! At the API, for each request: record it in the accepted-request log (so `GET /orders/{id}`
+//! says `pending`, and a retry of the id is answered from the store, never decremented again);
+//! the item's in-process sold-out flag, if set, answers `sold_out` at once; `DECR` of the item's
+//! stock in Redis — below zero, the unit is put back (`INCR`), the flag set and `sold_out`
+//! answered; `SADD` of the user to the item's buyer set, which checks that the user has not
+//! bought and claims the purchase in one command; then a persistent message, confirmed by the
+//! broker, on `{prefix}.redis-mq`, and `202 pending`. A publish the broker refused gives the unit
+//! and the claim back and withdraws the accepted record (503). The [`consumers`] decide it
+//! later, in PostgreSQL, which has the last word.
+//!
+//! Why it is fast: a sold-out item costs one in-memory look-up and a write of its outcome; a
+//! sale costs two Redis round trips and a publish, and the API never waits on the item's row.
+//! Under contention nothing waits on a lock at the door; the queue absorbs the burst, and the
+//! consumers' conditional updates queue on the item's row one message at a time.
+//!
+//! Where it is fragile (see `docs/ARCHITECTURE.md`): the flag is per process and never expires
+//! (a unit given back after another process set its flag is not sold there); a process that
+//! dies between `DECR` and the publish loses the unit (Redis undersells) and leaves the request
+//! `pending` for good (the audit reports it); a grant the database refuses leaves Redis one unit
+//! short; Redis without persistence restarts empty, and the per-process "loaded" mark does not
+//! notice — `seckill redis-load` puts the stock back.
+//!
+//! One deviation from miaosha, made so that repeat requests cannot drain the stock (the
+//! complaint of zaiyunduan123/springboot-seckill #35): the buyer check is `SADD`, not a read, so
+//! of two requests of one user in flight only the first keeps its unit. The second gives its unit
+//! back, is answered `already_purchased` if the user's order is committed, and is otherwise
+//! queued holding no unit: the consumers' unique (item, user) key decides it.
+
+pub mod consumers;
+mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use redis::aio::ConnectionManager;
+use sqlx::PgPool;
+
+use super::redis_store::RedisStore;
+use super::{Answer, PathError, PurchasePath, record_outcome, record_repeat_buyer};
+use crate::api::accepted::{AcceptedLog, Recorded};
+use crate::config::BrokerArgs;
+use crate::domain::{ItemId, OrderRequest, Outcome, Status};
+use crate::sale::PathName;
+use crate::store;
+use queue::{QueueLink, Unpublished};
+
+/// Most items whose flags one process keeps; past it they are all forgotten (a flag is only a
+/// shortcut: a forgotten one costs a `DECR`, a forgotten "loaded" mark a load that finds the
+/// item there).
+const GATES_MAX: usize = 100_000;
+
+/// What this process knows of one item.
+#[derive(Debug, Default, Clone, Copy)]
+struct Gate {
+    /// Redis holds the item (this process loaded it, or found it there).
+    loaded: bool,
+    /// A `DECR` went below zero: answer `sold_out` without asking Redis.
+    sold_out: bool,
+    /// Units this process gave back to Redis. A request whose `DECR` went below zero sets the
+    /// flag only if none was given back since it read this: the unit it missed may have been
+    /// held for a moment by a request that then gave it back, and is for sale again.
+    given_back: u64,
+}
+
+impl Gate {
+    /// A request that read `given_back_seen` before its `DECR` went below zero: the item is
+    /// sold out, unless a unit was given back since (it may be for sale again).
+    fn missed_unit(&mut self, given_back_seen: u64) {
+        if self.given_back == given_back_seen {
+            self.sold_out = true;
+        }
+    }
+
+    /// A unit went back to Redis: it is for sale again.
+    fn gave_back(&mut self) {
+        self.given_back += 1;
+        self.sold_out = false;
+    }
+}
+
+pub struct RedisMq {
+    pool: PgPool,
+    redis: Arc<RedisStore>,
+    /// The confirming channel to the path's queue, opened on first use.
+    queue: QueueLink,
+    /// The accepted-request log, started on first use (it needs the runtime).
+    accepted: OnceLock<AcceptedLog>,
+    gates: Mutex<HashMap<ItemId, Gate>>,
+}
+
+/// How far a request got before it failed: what must be undone.
+enum Took {
+    Nothing,
+    /// A unit of Redis stock.
+    Unit,
+    /// A unit, and the user's place in the buyer set.
+    UnitAndClaim,
+}
+
+impl RedisMq {
+    /// Connects nothing: Redis and the broker are reached by the first request.
+    pub fn new(pool: PgPool, redis: Arc<RedisStore>, broker: &BrokerArgs) -> Self {
+        Self {
+            pool,
+            redis,
+            queue: QueueLink::new(broker),
+            accepted: OnceLock::new(),
+            gates: Mutex::default(),
+        }
+    }
+
+    fn gate(&self, item_id: ItemId) -> Gate {
+        let gates = self.gates.lock().expect("gates lock");
+        gates.get(&item_id).copied().unwrap_or_default()
+    }
+
+    fn update_gate(&self, item_id: ItemId, change: impl FnOnce(&mut Gate)) {
+        let mut gates = self.gates.lock().expect("gates lock");
+        if gates.len() >= GATES_MAX && !gates.contains_key(&item_id) {
+            gates.clear();
+        }
+        change(gates.entry(item_id).or_default());
+    }
+
+    /// After the request was recorded as new: the flag, the `DECR`, the claim, the publish.
+    /// On an error, whatever it took from Redis has been given back, or (`Err(.., true)`) the
+    /// broker may hold the request, and it stays recorded.
+    async fn sell(&self, request: &OrderRequest) -> Result<Answer, (PathError, bool)> {
+        let item_id = request.item_id;
+        let gate = self.gate(item_id);
+        if gate.sold_out {
+            return self.sold_out(request).await.map_err(|e| (e, false));
+        }
+        if !gate.loaded {
+            self.redis
+                .load_item(&self.pool, item_id, false)
+                .await
+                .map_err(|e| (e, false))?;
+            self.update_gate(item_id, |g| g.loaded = true);
+        }
+        let keys = self.redis.keys(item_id);
+        let mut con = self.redis.connection();
+        let left: i64 = redis::cmd("DECR")
+            .arg(&keys.stock)
+            .query_async(&mut con)
+            .await
+            .map_err(|e| (e.into(), false))?;
+        if left < 0 {
+            self.put_back_missed_unit(&mut con, item_id, gate.given_back)
+                .await;
+            return self.sold_out(request).await.map_err(|e| (e, false));
+        }
+        let claimed: Result<i64, _> = redis::cmd("SADD")
+            .arg(&keys.buyers)
+            .arg(&request.user_id)
+            .query_async(&mut con)
+            .await;
+        let took = match claimed {
+            Ok(1) => Took::UnitAndClaim,
+            Ok(_) => {
+                // Bought before, or buying now: this request keeps no unit.
+                self.give_back(request, Took::Unit).await;
+                match record_repeat_buyer(&self.pool, self.name(), request).await {
+                    Ok(outcome) => return Ok(Answer::Decided(outcome)),
+                    Err(PathError::BuyerInFlight) => Took::Nothing,
+                    Err(e) => return Err((e, false)),
+                }
+            }
+            Err(e) => {
+                self.give_back(request, Took::Unit).await;
+                return Err((e.into(), false));
+            }
+        };
+        match self.queue.publish(request).await {
+            Ok(()) => Ok(Answer::Pending),
+            Err(Unpublished::MaybeHeld(detail)) => Err((PathError::Unavailable(detail), true)),
+            Err(Unpublished::NotHeld(detail)) => {
+                self.give_back(request, took).await;
+                Err((PathError::Unavailable(detail), false))
+            }
+        }
+    }
+
+    /// Undoes a `DECR` that went below zero, and sets the flag unless a unit was given back
+    /// since `given_back_seen` was read (the stock this request missed may be there again).
+    async fn put_back_missed_unit(
+        &self,
+        con: &mut ConnectionManager,
+        item_id: ItemId,
+        given_back_seen: u64,
+    ) {
+        let keys = self.redis.keys(item_id);
+        let undone: Result<i64, _> = redis::cmd("INCR").arg(&keys.stock).query_async(con).await;
+        if let Err(e) = undone {
+            // Harmless: below zero is sold out either way, and a load puts the real count back.
+            tracing::warn!(error = %e, item_id, "redis-mq: could not undo a DECR below zero");
+        }
+        self.update_gate(item_id, |g| g.missed_unit(given_back_seen));
+    }
+
+    /// Gives back what a request took from Redis and clears this process's flag, so the unit is
+    /// sold again. If Redis cannot be reached, it stays one unit short until `seckill
+    /// redis-load` (an undersell, never an oversell).
+    async fn give_back(&self, request: &OrderRequest, took: Took) {
+        let keys = self.redis.keys(request.item_id);
+        let mut undo = redis::pipe();
+        match took {
+            Took::Nothing => return,
+            Took::Unit => undo.incr(&keys.stock, 1).ignore(),
+            Took::UnitAndClaim => undo
+                .incr(&keys.stock, 1)
+                .ignore()
+                .srem(&keys.buyers, &request.user_id)
+                .ignore(),
+        };
+        let mut con = self.redis.connection();
+        if let Err(e) = undo.exec_async(&mut con).await {
+            tracing::error!(error = %e, item_id = request.item_id,
+                "redis-mq: could not give a unit back to Redis: it undersells this item until `seckill redis-load`");
+            return;
+        }
+        self.update_gate(request.item_id, Gate::gave_back);
+    }
+
+    async fn sold_out(&self, request: &OrderRequest) -> Result<Answer, PathError> {
+        let outcome =
+            record_outcome(&self.pool, self.name(), request, Status::SoldOut, None).await?;
+        Ok(Answer::Decided(outcome))
+    }
+
+    /// A request recorded before (a retry): its stored decision, or still `pending`.
+    async fn answer_retry(&self, request: &OrderRequest) -> Result<Answer, PathError> {
+        let id = request.request_id;
+        Ok(
+            match store::stored_outcomes(&self.pool, &[id]).await?.remove(&id) {
+                Some(outcome) => Answer::Decided(outcome),
+                None => Answer::Pending,
+            },
+        )
+    }
+}
+
+#[async_trait::async_trait]
+impl PurchasePath for RedisMq {
+    fn name(&self) -> PathName {
+        PathName::RedisMq
+    }
+
+    /// The decision itself, for callers that need one (`paths::decide`): the request is
+    /// answered as the API answers it, then its decision awaited in the store, within
+    /// [`consumers::DECISION_WAIT`] (else 503: it stays `pending`, and may still be decided).
+    async fn purchase(&self, request: &OrderRequest) -> Result<Outcome, PathError> {
+        match self.answer(request).await? {
+            Answer::Decided(outcome) => Ok(outcome),
+            Answer::Pending => consumers::await_decision(&self.pool, request.request_id).await,
+        }
+    }
+
+    async fn answer(&self, request: &OrderRequest) -> Result<Answer, PathError> {
+        let log = self
+            .accepted
+            .get_or_init(|| AcceptedLog::start(self.pool.clone()));
+        let recorded = log
+            .record(request.clone())
+            .await
+            .map_err(PathError::Unavailable)?;
+        if recorded == Recorded::Before {
+            return self.answer_retry(request).await;
+        }
+        match self.sell(request).await {
+            Ok(answer) => Ok(answer),
+            Err((error, maybe_held)) => {
+                if !maybe_held
+                    && let Err(e) = store::withdraw_accepted(&self.pool, request.request_id).await
+                {
+                    // Left pending: a retry with the same id is answered `pending`, and the
+                    // audit reports the request as undecided.
+                    tracing::warn!(error = %e, "redis-mq: cannot withdraw a request that was not queued");
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Gate;
+
+    #[test]
+    fn a_unit_given_back_while_a_request_missed_it_leaves_the_item_for_sale() {
+        // Missed with nothing given back: sold out.
+        let mut gate = Gate::default();
+        gate.missed_unit(gate.given_back);
+        assert!(gate.sold_out);
+
+        // A give-back after the request looked, before it set the flag: no flag.
+        let mut gate = Gate::default();
+        let seen = gate.given_back;
+        gate.gave_back();
+        gate.missed_unit(seen);
+        assert!(!gate.sold_out);
+
+        // A give-back after the flag was set: it clears it.
+        let mut gate = Gate::default();
+        gate.missed_unit(gate.given_back);
+        gate.gave_back();
+        assert!(!gate.sold_out);
+    }
+}
