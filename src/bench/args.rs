@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::row::BenchPath;
 use super::scenario::{ScenarioKind, ScenarioSpec};
 
+/// A red packet's average share when `--packet-total` does not say, in minor units (1.00).
+const PACKET_SHARE_AVERAGE_MINOR: i64 = 100;
+
 /// The soak's rate when `--rate` does not say, requests per second.
 const SOAK_RATE_PER_S: u32 = 1000;
 
@@ -28,21 +31,34 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub paths: Vec<String>,
     /// Demand shape: `hot` (one item, stock far below demand, each user 1–3 tries), `spread`
-    /// (1,000 items, modest demand each), `retry-storm` (few users hammering one item).
+    /// (1,000 items, modest demand each), `retry-storm` (few users hammering one item),
+    /// `red-packet` (seed 000's experiment: one red packet of `--stock` shares and
+    /// `--packet-total` cents, far more grabbers than shares, each 1–3 tries; runs on the paths
+    /// that sell red packets, says why it skips the others, and reports each path's payout and
+    /// the spread of its share sizes), `plenty` (seed 001's experiment: stock for every
+    /// request, each from a user of its own, so every request could succeed; shows each path's
+    /// own cost and the requests it fails outright, `failed_retry`, although stock was left).
     #[arg(long, value_enum, default_value_t = ScenarioKind::Hot)]
     pub scenario: ScenarioKind,
-    /// Units per item (default: hot 500, spread 3, retry-storm 10).
+    /// Units per item; red-packet: its shares (default: hot 500, spread 3, retry-storm 10,
+    /// red-packet 500, plenty as many as `--requests`).
     #[arg(long)]
     pub stock: Option<i64>,
-    /// Distinct buyers (default: hot 2,500, spread 2,500, retry-storm 20).
+    /// Distinct buyers (default: hot 2,500, spread 2,500, retry-storm 20, red-packet 2,500,
+    /// plenty as many as `--requests`).
     #[arg(long)]
     pub users: Option<usize>,
     /// Requests per path: given, each path's run sends exactly this many, for the stock given
     /// (`--stock`); not given, runs are sustained (`--measure-secs`) and this is the size of one
-    /// round of the scenario (hot 5,000, spread 5,000, retry-storm 3,000), repeated with new
-    /// buyers and more stock as the run needs.
+    /// round of the scenario (hot 5,000, spread 5,000, retry-storm 3,000, red-packet 5,000,
+    /// plenty 5,000), repeated with new buyers and more stock as the run needs.
     #[arg(long)]
     pub requests: Option<usize>,
+    /// red-packet: the amount the packet pays out in all, in minor units (cents), at least one
+    /// per share (default: 100 per share; a sustained run grows it with the shares).
+    #[arg(long, value_name = "MINOR_UNITS",
+          value_parser = clap::value_parser!(i64).range(1..=crate::domain::PACKET_TOTAL_MAX))]
+    pub packet_total: Option<i64>,
     /// Items on sale for `spread` (default 1,000).
     #[arg(long)]
     pub items: Option<usize>,
@@ -134,22 +150,52 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn spec(&self) -> ScenarioSpec {
         let (requests, users, stock, items) = match self.scenario {
-            ScenarioKind::Hot => (5_000, 2_500, 500, 1),
+            ScenarioKind::Hot | ScenarioKind::RedPacket => (5_000, 2_500, 500, 1),
             ScenarioKind::Spread => (5_000, 2_500, 3, 1_000),
             ScenarioKind::RetryStorm => (3_000, 20, 10, 1),
+            ScenarioKind::Plenty => (5_000, 5_000, 5_000, 1),
         };
+        let requests = self.requests.unwrap_or(requests);
+        // Plenty's point is a unit and a user for every request, whatever their number.
+        let (users, stock) = match self.scenario {
+            ScenarioKind::Plenty => (requests, requests as i64),
+            _ => (users, stock),
+        };
+        let stock_per_item = self.stock.unwrap_or(stock);
         ScenarioSpec {
             kind: self.scenario,
-            requests: self.requests.unwrap_or(requests),
+            requests,
             users: self.users.unwrap_or(users),
-            stock_per_item: self.stock.unwrap_or(stock),
+            stock_per_item,
             items: if self.scenario == ScenarioKind::Spread {
                 self.items.unwrap_or(items)
             } else {
                 1
             },
             seed: self.seed,
+            packet_total: self.scenario.is_red_packet().then(|| {
+                self.packet_total
+                    .unwrap_or(PACKET_SHARE_AVERAGE_MINOR * stock_per_item)
+            }),
         }
+    }
+
+    /// Refuses sizes the scenario cannot be run with, before anything starts.
+    pub(super) fn check_sizes(&self, spec: &ScenarioSpec) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            spec.stock_per_item >= 1,
+            "--stock must be at least 1 (it is {})",
+            spec.stock_per_item
+        );
+        if let Some(total) = spec.packet_total {
+            anyhow::ensure!(
+                total >= spec.stock_per_item,
+                "--packet-total {total} is less than one minor unit for each of the {} shares \
+                 (--stock): no share may be zero",
+                spec.stock_per_item
+            );
+        }
+        Ok(())
     }
 
     /// The paths to run, refusing what only the bench's own in-process API and consumer can
