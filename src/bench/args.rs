@@ -30,14 +30,12 @@ pub struct BenchArgs {
     /// Paths to compare, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub paths: Vec<String>,
-    /// Demand shape: `hot` (one item, stock far below demand, each user 1–3 tries), `spread`
-    /// (1,000 items, modest demand each), `retry-storm` (few users hammering one item),
-    /// `red-packet` (seed 000's experiment: one red packet of `--stock` shares and
-    /// `--packet-total` cents, far more grabbers than shares, each 1–3 tries; runs on the paths
-    /// that sell red packets, says why it skips the others, and reports each path's payout and
-    /// the spread of its share sizes), `plenty` (seed 001's experiment: stock for every
-    /// request, each from a user of its own, so every request could succeed; shows each path's
-    /// own cost and the requests it fails outright, `failed_retry`, although stock was left).
+    /// Demand shape (each value below). `red-packet` runs only on the paths that sell red
+    /// packets (today the queue rows, pessimistic and optimistic), says why it skips the others, and
+    /// reports each path's payout, checked from the database, and a histogram of its share
+    /// sizes; `plenty` reports what each path sold when every request could buy, and what it
+    /// failed outright (`failed_retry`). Sized by `--requests`, `--users`, `--stock` (and
+    /// `--packet-total`).
     #[arg(long, value_enum, default_value_t = ScenarioKind::Hot)]
     pub scenario: ScenarioKind,
     /// Units per item; red-packet: its shares (default: hot 500, spread 3, retry-storm 10,
@@ -187,6 +185,10 @@ impl BenchArgs {
             "--stock must be at least 1 (it is {})",
             spec.stock_per_item
         );
+        anyhow::ensure!(
+            self.packet_total.is_none() || spec.kind.is_red_packet(),
+            "--packet-total sizes a red packet: it needs --scenario red-packet"
+        );
         if let Some(total) = spec.packet_total {
             anyhow::ensure!(
                 total >= spec.stock_per_item,
@@ -318,4 +320,77 @@ pub(super) struct SweepSettings {
     pub steps_max: usize,
     pub slo_p99_ms: f64,
     pub in_flight_max: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Flags::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .bench
+    }
+
+    fn check(flags: &[&str]) -> anyhow::Result<ScenarioSpec> {
+        let a = args(flags);
+        let spec = a.spec();
+        a.check_sizes(&spec).map(|()| spec)
+    }
+
+    #[test]
+    fn the_seeds_scenarios_are_sized_by_the_usual_flags() {
+        let packet = check(&["--scenario", "red-packet"]).unwrap();
+        assert_eq!((packet.requests, packet.users), (5000, 2500));
+        assert_eq!(
+            (packet.stock_per_item, packet.packet_total),
+            (500, Some(50_000))
+        );
+        let packet = check(&["--scenario", "red-packet", "--stock", "7"]).unwrap();
+        assert_eq!(packet.packet_total, Some(700), "100 per share by default");
+        let plenty = check(&["--scenario", "plenty", "--requests", "1000"]).unwrap();
+        assert_eq!(
+            (plenty.users, plenty.stock_per_item, plenty.packet_total),
+            (1000, 1000, None),
+            "a user and a unit for every request"
+        );
+        assert_eq!(check(&["--scenario", "hot"]).unwrap().packet_total, None);
+    }
+
+    #[test]
+    fn a_packet_that_would_pay_a_zero_share_or_a_total_without_a_packet_is_refused() {
+        let zero = check(&[
+            "--scenario",
+            "red-packet",
+            "--stock",
+            "10",
+            "--packet-total",
+            "9",
+        ]);
+        assert!(
+            zero.unwrap_err()
+                .to_string()
+                .contains("no share may be zero")
+        );
+        let stray = check(&["--scenario", "hot", "--packet-total", "100"]);
+        assert!(
+            stray
+                .unwrap_err()
+                .to_string()
+                .contains("--scenario red-packet")
+        );
+        let no_stock = check(&["--stock", "0"]);
+        assert!(no_stock.unwrap_err().to_string().contains("at least 1"));
+        assert!(
+            Flags::try_parse_from(["bench", "--packet-total", "0"]).is_err(),
+            "a total of at least one minor unit"
+        );
+    }
 }

@@ -70,18 +70,20 @@ pub fn packet_cells(r: &PathResult) -> Option<[String; 9]> {
 }
 
 /// The plenty table's columns after `path`.
-pub const PLENTY_HEADERS: [&str; 7] = [
+pub const PLENTY_HEADERS: [&str; 8] = [
     "decided/s",
     "p50 ms",
     "p99 ms",
     "requests",
     "bought",
     "bought %",
+    "error",
     "failed_retry",
 ];
 
-/// A plenty row's cells after its path.
-pub fn plenty_cells(r: &PathResult) -> [String; 7] {
+/// A plenty row's cells after its path: what it sold, and the two ways a request that could
+/// have bought did not (no usable answer; given up on).
+pub fn plenty_cells(r: &PathResult) -> [String; 8] {
     [
         format!("{:.0}", r.decided_per_s),
         format!("{:.1}", r.latency.p50_ms),
@@ -89,6 +91,7 @@ pub fn plenty_cells(r: &PathResult) -> [String; 7] {
         r.requests.to_string(),
         r.outcomes.purchased.to_string(),
         format!("{:.1}", bought_percent(r)),
+        r.outcomes.error.to_string(),
         r.outcomes.failed_retry.to_string(),
     ]
 }

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use super::charts::{Axis, Histogram, Series, bars, color, escape, histogram, lines};
 use super::experiments::{
     PACKET_COLUMNS, PACKET_HEADERS, PLENTY_HEADERS, bought_percent, failed_outright, packet_cells,
-    packet_rows, plenty_cells, skipped_lines,
+    packet_rows, plenty_cells,
 };
 use super::payout::BINS_PER_AVERAGE;
 use super::report::{COLUMNS, TABLE_HEADERS, load_text, table, table_cells};
@@ -130,9 +130,17 @@ fn skipped(results: &BenchResults) -> String {
     if results.skipped.is_empty() {
         return String::new();
     }
-    let mut out = String::from("<h2>Paths skipped</h2><ul>");
-    for line in skipped_lines(&results.skipped) {
-        let _ = write!(out, "<li>{}</li>", escape(&line));
+    let mut out = format!(
+        "<h2>Paths skipped</h2><p>Selected, but the {:?} scenario cannot run on them:</p><ul>",
+        results.scenario.kind
+    );
+    for s in &results.skipped {
+        let _ = write!(
+            out,
+            "<li><b>{}</b>: {}</li>",
+            escape(s.path.as_str()),
+            escape(&s.reason)
+        );
     }
     out.push_str("</ul>");
     out

@@ -11,11 +11,12 @@
 //! run, and removes its queues and rows at the end (unless `--keep`).
 //!
 //! Rooms: [`args`] (the flags), [`scenario`] (who asks for what), [`eligible`] (which paths a
-//! scenario runs on), `preflight` (do the services answer?), `stack` (the system
-//! under test, wired in-process), `driver` and `open_model` (sending the load), `path_run`
-//! (one path's run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw),
-//! [`summary`] (what results.json holds), [`payout`] (what a red packet paid), [`headline`], [`ceiling`] and `http_alone`, [`report`]
-//! (the terminal) and [`experiments`] (the seeds' scenarios' own figures), `files` (results.json and report.html), `html` and `charts` (the report),
+//! scenario runs on), `preflight` (do the services answer?), `stack` (the system under test,
+//! wired in-process), `driver` and `open_model` (sending the load), `path_run` (one path's
+//! run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw), [`summary`]
+//! (what results.json holds), [`payout`] (what a red packet paid), [`headline`], [`ceiling`]
+//! and `http_alone`, [`report`] (the terminal), [`experiments`] (the seeds' scenarios' own
+//! figures), `files` (results.json and report.html), `html` and `charts` (the report),
 //! [`compare`], `cleanup` and [`environment`].
 
 pub mod answer;
