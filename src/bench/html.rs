@@ -179,14 +179,19 @@ fn red_packet(results: &BenchResults) -> String {
     }
     let rows = packet_rows(results).filter_map(|(_, r)| packet_cells(r).map(|c| (r, c.to_vec())));
     let mut out = format!(
-        "<h2>Red packet payout</h2><p>One red packet per path, far more grabbers than shares;          each share drawn by the double-average rule (uniform in 1 … 2 × what is left per share          left − 1, the last share takes the rest). Read from the database after the run.</p>{}<dl>",
+        "<h2>Red packet payout</h2><p>One red packet per path, far more grabbers than shares; \
+         each share drawn by the double-average rule (uniform from 1 to twice the amount left per \
+         share left, less 1; the last share takes the rest). Read from the database after the run.</p>{}<dl>",
         small_table(&PACKET_HEADERS, rows)
     );
     for (name, meaning) in PACKET_COLUMNS {
         let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(name), escape(meaning));
     }
     out.push_str(
-        "</dl><h3>Share sizes</h3><p>How many shares of each size a path paid, the size as a          multiple of the packet's average share (total ÷ shares), in bins of a tenth: every path          should show the same spread, about even from 0 to 2, since they all draw by the same          rule.</p>",
+        "</dl><h3>Share sizes</h3><p>How many shares of each size a path paid, the size as a \
+         multiple of the packet's average share (total ÷ shares), in bins of a tenth: every path \
+         should show the same spread, about even from 0 to 2, since they all draw by the same \
+         rule.</p>",
     );
     let bins_shown = packet_rows(results)
         .filter_map(|(_, r)| r.packet.as_ref().map(|p| p.histogram.len()))
@@ -226,7 +231,8 @@ fn plenty(results: &BenchResults) -> String {
     }
     let rows = results.paths.iter().map(|r| (r, plenty_cells(r).to_vec()));
     let mut out = format!(
-        "<h2>Every request could buy</h2><p>Stock and a user of its own for every request: a          path that sells less than all of them refused buyers it had stock for.</p>{}",
+        "<h2>Every request could buy</h2><p>Stock and a user of its own for every request: a \
+         path that sells less than all of them refused buyers it had stock for.</p>{}",
         small_table(&PLENTY_HEADERS, rows)
     );
     for r in results.paths.iter().filter(|r| r.outcomes.failed_retry > 0) {
