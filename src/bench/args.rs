@@ -9,6 +9,9 @@ use serde::Serialize;
 use super::row::BenchPath;
 use super::scenario::{ScenarioKind, ScenarioSpec};
 
+/// A red packet's average share when `--packet-total` does not say, in minor units (1.00).
+const PACKET_SHARE_AVERAGE_MINOR: i64 = 100;
+
 /// The soak's rate when `--rate` does not say, requests per second.
 const SOAK_RATE_PER_S: u32 = 1000;
 
@@ -27,22 +30,33 @@ pub struct BenchArgs {
     /// Paths to compare, comma-separated, or `all`.
     #[arg(long, value_delimiter = ',', default_value = "all")]
     pub paths: Vec<String>,
-    /// Demand shape: `hot` (one item, stock far below demand, each user 1–3 tries), `spread`
-    /// (1,000 items, modest demand each), `retry-storm` (few users hammering one item).
+    /// Demand shape (each value below). `red-packet` runs only on the paths that sell red
+    /// packets (today the queue rows, pessimistic and optimistic), says why it skips the others, and
+    /// reports each path's payout, checked from the database, and a histogram of its share
+    /// sizes; `plenty` reports what each path sold when every request could buy, and what it
+    /// failed outright (`failed_retry`). Sized by `--requests`, `--users`, `--stock` (and
+    /// `--packet-total`).
     #[arg(long, value_enum, default_value_t = ScenarioKind::Hot)]
     pub scenario: ScenarioKind,
-    /// Units per item (default: hot 500, spread 3, retry-storm 10).
+    /// Units per item; red-packet: its shares (default: hot 500, spread 3, retry-storm 10,
+    /// red-packet 500, plenty as many as `--requests`).
     #[arg(long)]
     pub stock: Option<i64>,
-    /// Distinct buyers (default: hot 2,500, spread 2,500, retry-storm 20).
+    /// Distinct buyers (default: hot 2,500, spread 2,500, retry-storm 20, red-packet 2,500,
+    /// plenty as many as `--requests`).
     #[arg(long)]
     pub users: Option<usize>,
     /// Requests per path: given, each path's run sends exactly this many, for the stock given
     /// (`--stock`); not given, runs are sustained (`--measure-secs`) and this is the size of one
-    /// round of the scenario (hot 5,000, spread 5,000, retry-storm 3,000), repeated with new
-    /// buyers and more stock as the run needs.
+    /// round of the scenario (hot 5,000, spread 5,000, retry-storm 3,000, red-packet 5,000,
+    /// plenty 5,000), repeated with new buyers and more stock as the run needs.
     #[arg(long)]
     pub requests: Option<usize>,
+    /// red-packet: the amount the packet pays out in all, in minor units (cents), at least one
+    /// per share (default: 100 per share; a sustained run grows it with the shares).
+    #[arg(long, value_name = "MINOR_UNITS",
+          value_parser = clap::value_parser!(i64).range(1..=crate::domain::PACKET_TOTAL_MAX))]
+    pub packet_total: Option<i64>,
     /// Items on sale for `spread` (default 1,000).
     #[arg(long)]
     pub items: Option<usize>,
@@ -134,22 +148,56 @@ pub struct BenchArgs {
 impl BenchArgs {
     pub fn spec(&self) -> ScenarioSpec {
         let (requests, users, stock, items) = match self.scenario {
-            ScenarioKind::Hot => (5_000, 2_500, 500, 1),
+            ScenarioKind::Hot | ScenarioKind::RedPacket => (5_000, 2_500, 500, 1),
             ScenarioKind::Spread => (5_000, 2_500, 3, 1_000),
             ScenarioKind::RetryStorm => (3_000, 20, 10, 1),
+            ScenarioKind::Plenty => (5_000, 5_000, 5_000, 1),
         };
+        let requests = self.requests.unwrap_or(requests);
+        // Plenty's point is a unit and a user for every request, whatever their number.
+        let (users, stock) = match self.scenario {
+            ScenarioKind::Plenty => (requests, requests as i64),
+            _ => (users, stock),
+        };
+        let stock_per_item = self.stock.unwrap_or(stock);
         ScenarioSpec {
             kind: self.scenario,
-            requests: self.requests.unwrap_or(requests),
+            requests,
             users: self.users.unwrap_or(users),
-            stock_per_item: self.stock.unwrap_or(stock),
+            stock_per_item,
             items: if self.scenario == ScenarioKind::Spread {
                 self.items.unwrap_or(items)
             } else {
                 1
             },
             seed: self.seed,
+            packet_total: self.scenario.is_red_packet().then(|| {
+                self.packet_total
+                    .unwrap_or(PACKET_SHARE_AVERAGE_MINOR * stock_per_item)
+            }),
         }
+    }
+
+    /// Refuses sizes the scenario cannot be run with, before anything starts.
+    pub(super) fn check_sizes(&self, spec: &ScenarioSpec) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            spec.stock_per_item >= 1,
+            "--stock must be at least 1 (it is {})",
+            spec.stock_per_item
+        );
+        anyhow::ensure!(
+            self.packet_total.is_none() || spec.kind.is_red_packet(),
+            "--packet-total sizes a red packet: it needs --scenario red-packet"
+        );
+        if let Some(total) = spec.packet_total {
+            anyhow::ensure!(
+                total >= spec.stock_per_item,
+                "--packet-total {total} is less than one minor unit for each of the {} shares \
+                 (--stock): no share may be zero",
+                spec.stock_per_item
+            );
+        }
+        Ok(())
     }
 
     /// The paths to run, refusing what only the bench's own in-process API and consumer can
@@ -272,4 +320,77 @@ pub(super) struct SweepSettings {
     pub steps_max: usize,
     pub slo_p99_ms: f64,
     pub in_flight_max: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Flags {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn args(flags: &[&str]) -> BenchArgs {
+        Flags::try_parse_from(std::iter::once("bench").chain(flags.iter().copied()))
+            .expect("flags parse")
+            .bench
+    }
+
+    fn check(flags: &[&str]) -> anyhow::Result<ScenarioSpec> {
+        let a = args(flags);
+        let spec = a.spec();
+        a.check_sizes(&spec).map(|()| spec)
+    }
+
+    #[test]
+    fn the_seeds_scenarios_are_sized_by_the_usual_flags() {
+        let packet = check(&["--scenario", "red-packet"]).unwrap();
+        assert_eq!((packet.requests, packet.users), (5000, 2500));
+        assert_eq!(
+            (packet.stock_per_item, packet.packet_total),
+            (500, Some(50_000))
+        );
+        let packet = check(&["--scenario", "red-packet", "--stock", "7"]).unwrap();
+        assert_eq!(packet.packet_total, Some(700), "100 per share by default");
+        let plenty = check(&["--scenario", "plenty", "--requests", "1000"]).unwrap();
+        assert_eq!(
+            (plenty.users, plenty.stock_per_item, plenty.packet_total),
+            (1000, 1000, None),
+            "a user and a unit for every request"
+        );
+        assert_eq!(check(&["--scenario", "hot"]).unwrap().packet_total, None);
+    }
+
+    #[test]
+    fn a_packet_that_would_pay_a_zero_share_or_a_total_without_a_packet_is_refused() {
+        let zero = check(&[
+            "--scenario",
+            "red-packet",
+            "--stock",
+            "10",
+            "--packet-total",
+            "9",
+        ]);
+        assert!(
+            zero.unwrap_err()
+                .to_string()
+                .contains("no share may be zero")
+        );
+        let stray = check(&["--scenario", "hot", "--packet-total", "100"]);
+        assert!(
+            stray
+                .unwrap_err()
+                .to_string()
+                .contains("--scenario red-packet")
+        );
+        let no_stock = check(&["--stock", "0"]);
+        assert!(no_stock.unwrap_err().to_string().contains("at least 1"));
+        assert!(
+            Flags::try_parse_from(["bench", "--packet-total", "0"]).is_err(),
+            "a total of at least one minor unit"
+        );
+    }
 }

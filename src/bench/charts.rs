@@ -1,6 +1,6 @@
 //! The report's charts as inline SVG (no script, no CDN: the page is one file that opens
-//! anywhere): bars, and lines on linear or logarithmic axes with a legend. Each path keeps one
-//! colour in every chart.
+//! anywhere): bars, lines on linear or logarithmic axes with a legend, and histograms. Each
+//! path keeps one colour in every chart.
 
 use std::fmt::Write as _;
 
@@ -250,6 +250,94 @@ pub fn lines(
     svg
 }
 
+/// One histogram: what is counted, in bins of equal width from 0.
+pub struct Histogram<'a> {
+    pub path: BenchPath,
+    /// The bins' counts, the first from 0 to `bin_width`.
+    pub counts: &'a [u64],
+    pub bin_width: f64,
+    /// Bins the x axis spans (at least `counts.len()`), so histograms side by side share a scale.
+    pub bins_shown: usize,
+}
+
+/// A histogram as columns in the path's colour, with a dashed vertical marker (`at`, label).
+pub fn histogram(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    h: &Histogram<'_>,
+    marker: Option<(f64, &str)>,
+) -> String {
+    let (w, ht, left, top, plot_w, plot_h) = (900.0, 250.0, 60.0, 30.0, 780.0, 170.0);
+    let bins = h.bins_shown.max(h.counts.len()).max(1);
+    let x_max = bins as f64 * h.bin_width;
+    let ys = Scale::of(h.counts.iter().map(|c| *c as f64), false);
+    let px = |v: f64| left + plot_w * v / x_max.max(1e-9);
+    let py = |v: f64| top + plot_h * (1.0 - ys.fraction(v));
+    let mut svg = format!(
+        r##"<svg viewBox="0 0 {w} {ht}" width="{w}" height="{ht}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text><rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>"##,
+        escape(title)
+    );
+    for t in ys.ticks() {
+        let _ = write!(
+            svg,
+            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
+            left + plot_w,
+            py(t),
+            left - 5.0,
+            py(t) + 4.0,
+            tick_label(t)
+        );
+    }
+    // A tick every half unit of x (every half average share), labelled.
+    let ticks = (x_max / 0.5).floor() as usize;
+    for i in 0..=ticks {
+        let v = i as f64 * 0.5;
+        let _ = write!(
+            svg,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{1}" y2="{2}" stroke="#999"/><text x="{0:.1}" y="{3}" text-anchor="middle">{v}</text>"##,
+            px(v),
+            top + plot_h,
+            top + plot_h + 4.0,
+            top + plot_h + 16.0,
+        );
+    }
+    let c = color(h.path);
+    let column_w = (plot_w / bins as f64 - 1.0).max(0.5);
+    for (i, count) in h.counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+        let x = px(i as f64 * h.bin_width);
+        let y = py(*count as f64);
+        let _ = write!(
+            svg,
+            r#"<rect x="{x:.1}" y="{y:.1}" width="{column_w:.1}" height="{:.1}" fill="{c}"><title>{count}</title></rect>"#,
+            top + plot_h - y
+        );
+    }
+    if let Some((at, label)) = marker {
+        let _ = write!(
+            svg,
+            r##"<line x1="{0:.1}" x2="{0:.1}" y1="{top}" y2="{1}" stroke="#c00" stroke-dasharray="6 4"/><text x="{2:.1}" y="{3}" fill="#c00">{4}</text>"##,
+            px(at),
+            top + plot_h,
+            px(at) + 4.0,
+            top + 12.0,
+            escape(label)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">{}</text>"#,
+        left + plot_w / 2.0,
+        top + plot_h + 34.0,
+        escape(x_label),
+        top + plot_h / 2.0,
+        top + plot_h / 2.0,
+        escape(y_label)
+    );
+    svg.push_str("</svg>");
+    svg
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,5 +375,29 @@ mod tests {
             Some((500.0, "bound")),
         );
         assert!(svg.contains(">queue<") && svg.contains("<circle") && svg.contains("bound"));
+    }
+
+    #[test]
+    fn a_histogram_draws_a_column_per_filled_bin_on_the_shared_scale() {
+        let counts = [3, 0, 5];
+        let svg = histogram(
+            "t",
+            "x",
+            "y",
+            &Histogram {
+                path: BenchPath::QUEUE,
+                counts: &counts,
+                bin_width: 0.1,
+                bins_shown: 20,
+            },
+            Some((1.0, "average")),
+        );
+        assert_eq!(
+            svg.matches("<rect x=").count(),
+            1 + 2,
+            "the frame and two columns"
+        );
+        assert!(svg.contains("<title>5</title>") && svg.contains(">average<"));
+        assert!(svg.contains(">2<"), "the x axis reaches 20 bins of 0.1");
     }
 }

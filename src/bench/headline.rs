@@ -3,6 +3,7 @@
 //! writes) compares, whether every safe path's audit was clean, and what the unsafe path did. It heads the terminal output and the report.
 
 use super::row::BenchPath;
+use super::scenario::ScenarioKind;
 use super::summary::{BenchResults, PathResult};
 
 /// The headline of a run.
@@ -15,6 +16,14 @@ pub fn of(results: &BenchResults) -> String {
         parts.push(stream);
     }
     parts.push(audits(&results.paths));
+    if let Some(packets) = payouts(&results.paths) {
+        parts.push(packets);
+    }
+    if results.scenario.kind == ScenarioKind::Plenty
+        && let Some(failed) = failed_outright(&results.paths)
+    {
+        parts.push(failed);
+    }
     if let Some(naive) = results.paths.iter().find(|r| r.path == BenchPath::NAIVE) {
         parts.push(unsafe_path(naive));
     }
@@ -135,4 +144,38 @@ fn unsafe_path(naive: &PathResult) -> String {
     } else {
         "naive (unsafe) broke the audit".into()
     }
+}
+
+/// "every red packet paid out exactly", or which path's did not (`None`: no red packet ran).
+fn payouts(paths: &[PathResult]) -> Option<String> {
+    let paid: Vec<_> = paths
+        .iter()
+        .filter_map(|r| r.packet.as_ref().map(|p| (r.path, p)))
+        .collect();
+    if paid.is_empty() {
+        return None;
+    }
+    let wrong: Vec<&str> = paid
+        .iter()
+        .filter(|(_, p)| p.check() != "exact")
+        .map(|(path, _)| path.as_str())
+        .collect();
+    Some(if wrong.is_empty() {
+        "every red packet's shares sum exactly to what it paid out, none zero".into()
+    } else {
+        format!("RED PACKET PAYOUT WRONG for {}", wrong.join(", "))
+    })
+}
+
+/// "with stock for every request, optimistic sold only N of M (K failed_retry)" for the path
+/// that failed the most outright (`None`: none did).
+fn failed_outright(paths: &[PathResult]) -> Option<String> {
+    let worst = paths
+        .iter()
+        .filter(|r| r.outcomes.failed_retry > 0)
+        .max_by_key(|r| r.outcomes.failed_retry)?;
+    Some(format!(
+        "with stock for every request, {} sold only {} of {} ({} failed_retry)",
+        worst.path, worst.outcomes.purchased, worst.requests, worst.outcomes.failed_retry
+    ))
 }

@@ -1,12 +1,20 @@
 //! `report.html`: the run on one page for a reader deciding how to sell a hot item — the
-//! headline first, then the table (every column explained), the latency–throughput curve of
+//! headline first, then the table (every column explained), the seeds' experiments' own figures
+//! (`red-packet`: each path's payout and the histogram of its share sizes; `plenty`: what each
+//! path sold when every request could buy) and the paths skipped, the latency–throughput curve of
 //! every path (with `--sweep`), the second-by-second view where a stall shows, the latency
 //! distribution, and what the run was measured on. Self-contained: inline SVG and CSS.
 
 use std::fmt::Write as _;
 
-use super::charts::{Axis, Series, bars, color, escape, lines};
+use super::charts::{Axis, Histogram, Series, bars, color, escape, histogram, lines};
+use super::experiments::{
+    PACKET_COLUMNS, PACKET_HEADERS, PLENTY_HEADERS, bought_percent, failed_outright, packet_cells,
+    packet_rows, plenty_cells,
+};
+use super::payout::BINS_PER_AVERAGE;
 use super::report::{COLUMNS, TABLE_HEADERS, load_text, table, table_cells};
+use super::scenario::ScenarioKind;
 use super::summary::{BenchResults, PathResult};
 
 const STYLE: &str = "body{font:14px system-ui,sans-serif;margin:2em;max-width:1100px;color:#222}\
@@ -32,6 +40,9 @@ pub fn page(results: &BenchResults) -> String {
         run_line(results)
     );
     body.push_str(&path_table(&results.paths));
+    body.push_str(&skipped(results));
+    body.push_str(&red_packet(results));
+    body.push_str(&plenty(results));
     body.push_str(&curve(results));
     body.push_str(&comparison_bars(&results.paths));
     body.push_str(&timelines(&results.paths));
@@ -112,6 +123,132 @@ fn path_table(paths: &[PathResult]) -> String {
         }
     }
     rows
+}
+
+/// The paths the scenario did not run on, with why.
+fn skipped(results: &BenchResults) -> String {
+    if results.skipped.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "<h2>Paths skipped</h2><p>Selected, but the {:?} scenario cannot run on them:</p><ul>",
+        results.scenario.kind
+    );
+    for s in &results.skipped {
+        let _ = write!(
+            out,
+            "<li><b>{}</b>: {}</li>",
+            escape(s.path.as_str()),
+            escape(&s.reason)
+        );
+    }
+    out.push_str("</ul>");
+    out
+}
+
+/// A small table: a header row, then a row per path with its swatch.
+fn small_table<'a>(
+    headers: &[&str],
+    rows: impl Iterator<Item = (&'a PathResult, Vec<String>)>,
+) -> String {
+    let mut table = String::from("<table><tr><th>path</th>");
+    for header in headers {
+        let _ = write!(table, "<th>{}</th>", escape(header));
+    }
+    table.push_str("</tr>");
+    for (r, cells) in rows {
+        let _ = write!(
+            table,
+            r#"<tr><td><span class="swatch" style="background:{}"></span>{}</td>"#,
+            color(r.path),
+            escape(r.path.as_str())
+        );
+        for cell in cells {
+            let _ = write!(table, "<td>{}</td>", escape(&cell));
+        }
+        table.push_str("</tr>");
+    }
+    table.push_str("</table>");
+    table
+}
+
+/// `red-packet`: each path's payout, then the histogram of its share sizes, all on one scale.
+fn red_packet(results: &BenchResults) -> String {
+    if results.scenario.kind != ScenarioKind::RedPacket {
+        return String::new();
+    }
+    let rows = packet_rows(results).filter_map(|(_, r)| packet_cells(r).map(|c| (r, c.to_vec())));
+    let mut out = format!(
+        "<h2>Red packet payout</h2><p>One red packet per path, far more grabbers than shares; \
+         each share drawn by the double-average rule (uniform from 1 to twice the amount left per \
+         share left, less 1; the last share takes the rest). Read from the database after the run.</p>{}<dl>",
+        small_table(&PACKET_HEADERS, rows)
+    );
+    for (name, meaning) in PACKET_COLUMNS {
+        let _ = write!(out, "<dt>{}</dt><dd>{}</dd>", escape(name), escape(meaning));
+    }
+    out.push_str(
+        "</dl><h3>Share sizes</h3><p>How many shares of each size a path paid, the size as a \
+         multiple of the packet's average share (total ÷ shares), in bins of a tenth: every path \
+         should show the same spread, about even from 0 to 2, since they all draw by the same \
+         rule.</p>",
+    );
+    let bins_shown = packet_rows(results)
+        .filter_map(|(_, r)| r.packet.as_ref().map(|p| p.histogram.len()))
+        .max()
+        .unwrap_or(0);
+    for (path, r) in packet_rows(results) {
+        let Some(p) = &r.packet else { continue };
+        let title = format!(
+            "{path}: {} shares paid of {}, {} of {} minor units (average share {:.1}), sum {}",
+            p.shares_paid,
+            p.shares,
+            p.paid,
+            p.total,
+            p.average_share(),
+            p.check()
+        );
+        out.push_str(&histogram(
+            &title,
+            "share size ÷ the packet's average share",
+            "shares",
+            &Histogram {
+                path,
+                counts: &p.histogram,
+                bin_width: 1.0 / BINS_PER_AVERAGE as f64,
+                bins_shown,
+            },
+            Some((1.0, "average share")),
+        ));
+    }
+    out
+}
+
+/// `plenty`: what each path sold when every request could buy, and what it failed outright.
+fn plenty(results: &BenchResults) -> String {
+    if results.scenario.kind != ScenarioKind::Plenty {
+        return String::new();
+    }
+    let rows = results.paths.iter().map(|r| (r, plenty_cells(r).to_vec()));
+    let mut out = format!(
+        "<h2>Every request could buy</h2><p>Stock and a user of its own for every request: a \
+         path that sells less than all of them refused buyers it had stock for.</p>{}",
+        small_table(&PLENTY_HEADERS, rows)
+    );
+    for r in results.paths.iter().filter(|r| r.outcomes.failed_retry > 0) {
+        let _ = write!(out, "<p><b>{}</b></p>", escape(&failed_outright(r)));
+    }
+    let bought: Vec<_> = results
+        .paths
+        .iter()
+        .map(|r| (r.path, bought_percent(r)))
+        .collect();
+    out.push_str(&bars(
+        "Requests that bought, % (every one could have)",
+        "%",
+        &bought,
+    ));
+    out
 }
 
 /// What every column means.

@@ -10,11 +10,13 @@
 //! its own) unless `--url` points it at a running `seckill serve`; it creates fresh items per
 //! run, and removes its queues and rows at the end (unless `--keep`).
 //!
-//! Rooms: [`args`] (the flags), `preflight` (do the services answer?), `stack` (the system
-//! under test, wired in-process), `driver` and `open_model` (sending the load), `path_run`
-//! (one path's run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw),
-//! [`summary`] (what results.json holds), [`headline`], [`ceiling`] and `http_alone`, [`report`]
-//! (the terminal), `files` (results.json and report.html), `html` and `charts` (the report),
+//! Rooms: [`args`] (the flags), [`scenario`] (who asks for what), [`eligible`] (which paths a
+//! scenario runs on), `preflight` (do the services answer?), `stack` (the system under test,
+//! wired in-process), `driver` and `open_model` (sending the load), `path_run` (one path's
+//! run), `sweep` (the curve), [`stats`] and [`timeline`] (what the clients saw), [`summary`]
+//! (what results.json holds), [`payout`] (what a red packet paid), [`headline`], [`ceiling`]
+//! and `http_alone`, [`report`] (the terminal), [`experiments`] (the seeds' scenarios' own
+//! figures), `files` (results.json and report.html), `html` and `charts` (the report),
 //! [`compare`], `cleanup` and [`environment`].
 
 pub mod answer;
@@ -25,13 +27,16 @@ mod cleanup;
 pub mod compare;
 mod decided;
 mod driver;
+pub mod eligible;
 pub mod environment;
+pub mod experiments;
 mod files;
 pub mod headline;
 mod html;
 mod http_alone;
 mod open_model;
 mod path_run;
+pub mod payout;
 mod preflight;
 pub mod report;
 pub mod row;
@@ -70,8 +75,28 @@ pub async fn run(
     mut path_args: PathArgs,
     args: BenchArgs,
 ) -> anyhow::Result<BenchResults> {
-    let paths = args.selected_paths()?;
+    let selected = args.selected_paths()?;
     let spec = args.spec();
+    args.check_sizes(&spec)?;
+    // Asked only what each path sells: it never connects (the pool is lazy, and so is Redis).
+    let registry = crate::paths::Registry::new(
+        sqlx::postgres::PgPoolOptions::new().connect_lazy(&database.database_url)?,
+        &path_args,
+    )?;
+    let (paths, skipped) = eligible::split(selected, spec.kind, |name| {
+        registry.get(name).map(|p| p.sells_red_packets())
+    });
+    drop(registry);
+    anyhow::ensure!(
+        !paths.is_empty(),
+        "none of the paths selected can run the {:?} scenario: {}",
+        spec.kind,
+        skipped
+            .iter()
+            .map(|s| format!("{} {}", s.path, s.reason))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
     let started_at = chrono::Utc::now().to_rfc3339();
     let in_process = args.url.is_none();
     let needs_redis = in_process && paths.iter().any(|p| p.as_str().starts_with("redis-"));
@@ -95,6 +120,9 @@ pub async fn run(
         "{}",
         report::intro(&spec, &load, &length_text(length, &args), args.via)
     );
+    for line in experiments::skipped_lines(&skipped) {
+        eprintln!("{line}");
+    }
     let (results, curves, mut all_items) = match &sweep {
         Some(settings) => {
             let (curves, items) = sweep::run_all(&bench, &paths, &spec, settings).await?;
@@ -150,6 +178,7 @@ pub async fn run(
         slo_p99_ms: args.slo_p99_ms as f64,
         ceilings,
         paths: results,
+        skipped,
         sweep: curves,
     };
     results.headline = headline::of(&results);

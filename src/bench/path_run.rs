@@ -204,14 +204,24 @@ fn expected(recorder: &Recorder) -> i64 {
     recorder.total() as i64 - recorder.count(Answer::Error) as i64
 }
 
-/// Creates the scenario's items through the API (which also loads them into Redis).
+/// Creates the scenario's items through the API (which also loads them into Redis): goods, or
+/// red packets of the scenario's total and shares.
 async fn create_items(
     bench: &Bench,
     path: BenchPath,
     spec: &ScenarioSpec,
 ) -> anyhow::Result<Vec<i64>> {
     let creations = (0..spec.items.max(1)).map(|i| async move {
-        let body = json!({ "name": format!("bench {path} #{i}"), "stock": spec.stock_per_item });
+        let name = format!("bench {path} #{i}");
+        let body = match spec.packet_total {
+            Some(total) => json!({
+                "name": name,
+                "kind": "red_packet",
+                "total_amount": total,
+                "shares": spec.stock_per_item,
+            }),
+            None => json!({ "name": name, "stock": spec.stock_per_item }),
+        };
         let item: serde_json::Value = bench
             .http
             .post(format!("{}/items", bench.stack.base_url))

@@ -25,8 +25,14 @@ pub fn progress_bar(path: BenchPath, total: u64) -> ProgressBar {
 
 /// The line that opens a run: what it sends, and how.
 pub fn intro(spec: &ScenarioSpec, load: &str, length: &str, via: Via) -> String {
+    let packet = spec.packet_total.map_or_else(String::new, |total| {
+        format!(
+            " (a red packet of {total} minor units in {} shares)",
+            spec.stock_per_item
+        )
+    });
     format!(
-        "seckill bench: {:?} scenario ({} requests from {} users for stock {} × {} item(s), \
+        "seckill bench: {:?} scenario ({} requests from {} users for stock {} × {} item(s){packet}, \
          grown with the run), {length} per path, {load}, via {:?}, seed {}",
         spec.kind, spec.requests, spec.users, spec.stock_per_item, spec.items, via, spec.seed
     )
@@ -47,9 +53,18 @@ pub fn load_text(load: Load) -> String {
 
 /// The line printed as each path finishes.
 pub fn one_line(r: &PathResult) -> String {
+    let packet = r.packet.as_ref().map_or_else(String::new, |p| {
+        format!(
+            ", paid {} of {} in {} shares (sum {})",
+            p.paid,
+            p.total,
+            p.shares_paid,
+            p.check()
+        )
+    });
     format!(
         "{:>15}: {:>8.0} decided/s, p99 {:>8.1} ms, {} requests in {:.1} s, {} orders of {} \
-         stock, audit {}",
+         stock, {} failed_retry, audit {}{packet}",
         r.path,
         r.decided_per_s,
         r.latency.p99_ms,
@@ -57,6 +72,7 @@ pub fn one_line(r: &PathResult) -> String {
         r.elapsed_s,
         r.orders,
         r.stock_total,
+        r.outcomes.failed_retry,
         verdict(r)
     )
 }
@@ -132,6 +148,7 @@ pub fn table(results: &BenchResults) -> String {
     ceiling_lines(&mut out, results);
     sweep_lines(&mut out, results);
     comparison_lines(&mut out, &results.paths);
+    out.push_str(&super::experiments::text(results));
     out
 }
 

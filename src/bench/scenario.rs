@@ -16,6 +16,20 @@ pub enum ScenarioKind {
     Spread,
     /// Few users hammering one item, many times each.
     RetryStorm,
+    /// Seed 000's experiment: one red packet, far more grabbers than shares (each user 1–3
+    /// tries); shows how each path pays it out and how the shares' sizes are spread.
+    RedPacket,
+    /// Seed 001's experiment: stock for every request, each from a user of its own, so every
+    /// request could succeed; shows each path's own cost, and the requests a path fails outright
+    /// (`failed_retry`) although stock was left.
+    Plenty,
+}
+
+impl ScenarioKind {
+    /// Whether its item is a red packet (its stock counts shares, see [`ScenarioSpec::packet_total`]).
+    pub fn is_red_packet(self) -> bool {
+        self == ScenarioKind::RedPacket
+    }
 }
 
 /// Sizes of a scenario.
@@ -28,9 +42,13 @@ pub struct ScenarioSpec {
     pub users: usize,
     /// Units per item.
     pub stock_per_item: i64,
-    /// Items on sale (1 for `hot` and `retry-storm`).
+    /// Items on sale (1 for every scenario but `spread`).
     pub items: usize,
     pub seed: u64,
+    /// `red-packet` only: the amount each packet pays out in all, in minor units (cents), split
+    /// among its `stock_per_item` shares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet_total: Option<i64>,
 }
 
 /// One purchase attempt: which item (index into the scenario's items) and which user.
@@ -48,11 +66,11 @@ impl ScenarioSpec {
         let items = self.items.max(1);
         let mut attempts = Vec::with_capacity(self.requests);
         match self.kind {
-            ScenarioKind::Hot | ScenarioKind::RetryStorm => {
+            ScenarioKind::Hot | ScenarioKind::RetryStorm | ScenarioKind::RedPacket => {
                 // Each user in turn asks 1–3 times (retry-storm: many more), until the total is
                 // reached; then the order is shuffled as concurrent clients would interleave.
                 let (tries_min, tries_max) = match self.kind {
-                    ScenarioKind::Hot => (1, 3),
+                    ScenarioKind::Hot | ScenarioKind::RedPacket => (1, 3),
                     _ => (self.requests / users / 2 + 1, self.requests / users * 2 + 1),
                 };
                 let mut user = 0;
@@ -72,6 +90,16 @@ impl ScenarioSpec {
                     attempts.push(Attempt {
                         item: rng.random_range(0..items),
                         user: format!("user-{}", rng.random_range(0..users)),
+                    });
+                }
+            }
+            ScenarioKind::Plenty => {
+                // One request per user (while there are as many users as requests), so that no
+                // request is refused for its user or for the stock: only a path can refuse it.
+                for i in 0..self.requests {
+                    attempts.push(Attempt {
+                        item: 0,
+                        user: format!("user-{}", i % users),
                     });
                 }
             }
@@ -102,13 +130,24 @@ impl ScenarioSpec {
             .collect();
         let stock =
             (self.stock_per_item.max(1) as u64 * requests as u64).div_ceil(rounds_len as u64);
+        let stock_per_item = (stock as i64).max(1);
         let spec = ScenarioSpec {
             requests,
             users: self.users * requests.div_ceil(rounds_len),
-            stock_per_item: (stock as i64).max(1),
+            stock_per_item,
+            packet_total: self.packet_total_for(stock_per_item),
             ..self.clone()
         };
         (spec, attempts)
+    }
+
+    /// The packet's total grown (or cut) with its shares, so the average share stays the same;
+    /// never below one minor unit per share.
+    fn packet_total_for(&self, shares: i64) -> Option<i64> {
+        let total = self.packet_total?;
+        let grown = (i128::from(total) * i128::from(shares))
+            .div_euclid(i128::from(self.stock_per_item.max(1)));
+        Some(i64::try_from(grown).unwrap_or(i64::MAX).max(shares))
     }
 
     /// Units on sale in total.
@@ -134,6 +173,7 @@ mod tests {
                 1
             },
             seed: 42,
+            packet_total: None,
         }
     }
 
@@ -180,6 +220,38 @@ mod tests {
         assert_eq!(attempts[6000].user, format!("{}-r2", attempts[0].user));
         let (cut, _) = s.scaled(300);
         assert_eq!(cut.stock_per_item, 1);
+    }
+
+    #[test]
+    fn a_scaled_red_packet_keeps_its_average_share() {
+        let s = ScenarioSpec {
+            packet_total: Some(500),
+            ..spec(ScenarioKind::RedPacket)
+        };
+        let (grown, attempts) = s.scaled(7500);
+        assert_eq!(attempts.len(), 7500);
+        assert_eq!(grown.stock_per_item, 13);
+        assert_eq!(grown.packet_total, Some(1300), "100 per share, as before");
+        let (cut, _) = s.scaled(300);
+        assert_eq!((cut.stock_per_item, cut.packet_total), (1, Some(100)));
+        assert_eq!(spec(ScenarioKind::Hot).scaled(6000).0.packet_total, None);
+    }
+
+    #[test]
+    fn plenty_asks_once_per_user_so_every_request_could_buy() {
+        let s = ScenarioSpec {
+            users: 3000,
+            stock_per_item: 3000,
+            ..spec(ScenarioKind::Plenty)
+        };
+        let a = s.attempts();
+        let users: HashSet<_> = a.iter().map(|x| x.user.clone()).collect();
+        assert_eq!(users.len(), 3000, "every request from a user of its own");
+        assert!(a.iter().all(|x| x.item == 0));
+        let (grown, more) = s.scaled(7000);
+        let users: HashSet<_> = more.iter().map(|x| x.user.clone()).collect();
+        assert_eq!(users.len(), 7000, "new buyers in each round");
+        assert!(grown.stock_total() >= 7000, "stock for every request");
     }
 
     #[test]

@@ -11,7 +11,9 @@ use sqlx::PgPool;
 use super::answer::Answer;
 use super::args::{Load, Via};
 use super::ceiling::Ceilings;
+use super::eligible::Skipped;
 use super::environment::Environment;
+use super::payout::{self, Payout};
 use super::row::BenchPath;
 use super::scenario::ScenarioSpec;
 use super::stats::{self, Latency, Recorder};
@@ -45,6 +47,10 @@ pub struct BenchResults {
     /// One row per path; with `--sweep`, each path's highest step that met the bound (or its
     /// first step if none did).
     pub paths: Vec<PathResult>,
+    /// Selected paths the scenario did not run on, each with why (`red-packet`: the paths that
+    /// do not sell red packets).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<Skipped>,
     /// `--sweep` only: each path's steps.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sweep: Vec<Curve>,
@@ -85,6 +91,11 @@ pub struct PathResult {
     /// Requests answered `sold_out` at the door, without reaching the broker (queue path).
     pub answered_at_door: u64,
     pub audit: Verdict,
+    /// The items the measured run sold (their rows stay with `--keep`).
+    pub items: Vec<i64>,
+    /// `red-packet` only: what the packet paid out, from the database.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub packet: Option<Payout>,
     /// (ms, fraction) points of the latency CDF.
     pub cdf: Vec<(f64, f64)>,
     /// Per second since the start: answers and their latency.
@@ -175,6 +186,11 @@ pub(super) async fn summarize(
         anyhow::bail!("item {item} vanished");
     }
     let orders = audits.iter().map(|a| a.orders).sum();
+    let packet = if spec.kind.is_red_packet() {
+        payout::read(pool, items).await?
+    } else {
+        None
+    };
     let answered = recorder.total() - outcomes.error;
     Ok(PathResult {
         path,
@@ -192,6 +208,8 @@ pub(super) async fn summarize(
         stock_total: spec.stock_total(),
         answered_at_door: 0,
         audit: Verdict::of(&audits),
+        items: items.to_vec(),
+        packet,
         cdf: recorder.cdf(100),
         soak: Vec::new(),
     })
