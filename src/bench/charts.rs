@@ -9,7 +9,7 @@ use super::row::BenchPath;
 /// One colour per row of [`BenchPath::all`], in order, told apart on a white page.
 const COLORS: &[&str] = &[
     "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#1f78b4",
-    "#b15928", "#6a3d9a", "#fb9a99", "#444444", "#bcbd22", "#17becf",
+    "#b15928", "#6a3d9a", "#fb9a99", "#444444", "#bcbd22", "#17becf", "#8c564b",
 ];
 
 /// The colour of a path, the same in every chart.

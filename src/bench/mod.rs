@@ -82,6 +82,7 @@ pub async fn run(
     let registry = crate::paths::Registry::new(
         sqlx::postgres::PgPoolOptions::new().connect_lazy(&database.database_url)?,
         &path_args,
+        &broker,
     )?;
     let (paths, skipped) = eligible::split(selected, spec.kind, |name| {
         registry.get(name).map(|p| p.sells_red_packets())
