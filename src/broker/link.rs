@@ -1,11 +1,10 @@
 //! The publisher's connection to the broker, shared by its partitions' lines: a channel in
-//! confirm mode that also consumes the direct replies, re-opened lazily after an outage (at
-//! most once per `RECONNECT_PAUSE`), and renewed after a refusal. Why a request was not
+//! confirm mode that also consumes the direct replies, held in a [`ChannelSlot`] (re-opened
+//! lazily after an outage, at most once per `RECONNECT_PAUSE`, and renewed after a refusal). Why a request was not
 //! accepted ([`PublishError`]) is said here too, as both the lines and the publisher answer it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
@@ -14,13 +13,10 @@ use lapin::{Channel, Connection};
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
+use super::channel_slot::ChannelSlot;
 use super::message;
 use super::topology::Topology;
 use crate::domain::Outcome;
-
-/// Shortest pause between two attempts to reconnect, so an outage costs each request a fast 503
-/// rather than a connection attempt.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Why a request was not accepted. Every request of a message gets its message's error.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,26 +39,14 @@ pub enum PublishError {
 /// Clients waiting for the decision of a request id (several may wait on the same id).
 pub(super) type Waiters = Mutex<HashMap<Uuid, Vec<oneshot::Sender<Outcome>>>>;
 
-/// An open channel in confirm mode, consuming its direct replies.
-struct Open {
-    /// Kept so the connection lives as long as the channel.
-    _connection: Connection,
-    channel: Channel,
-    /// When it was opened: a channel that refused a publish is renewed at most once per
-    /// `RECONNECT_PAUSE` (see [`Link::renew_after_refusal`]).
-    opened_at: Instant,
-}
-
-/// The publisher's connection to the broker, shared by its lines: opened lazily again after
-/// an outage.
+/// The publisher's connection to the broker, shared by its lines: a channel in confirm mode
+/// consuming its direct replies, opened lazily again after an outage.
 pub(super) struct Link {
     amqp_url: String,
     /// The AMQP user of `amqp_url`: the `user_id` of its announcements.
     user: String,
     topology: Topology,
-    open: tokio::sync::RwLock<Option<Open>>,
-    /// When the last failed reconnect happened, to pace the next one.
-    last_failure: Mutex<Option<Instant>>,
+    slot: ChannelSlot,
     waiters: Arc<Waiters>,
 }
 
@@ -73,12 +57,13 @@ impl Link {
             amqp_url: amqp_url.to_owned(),
             user: super::amqp_user(amqp_url)?,
             topology,
-            open: tokio::sync::RwLock::new(None),
-            last_failure: Mutex::new(None),
+            slot: ChannelSlot::new("publisher"),
             waiters: Arc::default(),
         };
-        let open = link.open().await?;
-        *link.open.write().await = Some(open);
+        link.slot
+            .channel(|| link.open())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot reach the broker: {e}"))?;
         Ok(link)
     }
 
@@ -98,7 +83,7 @@ impl Link {
 
     /// True when the broker connection is up.
     pub(super) async fn is_connected(&self) -> bool {
-        matches!(&*self.open.read().await, Some(open) if open.channel.status().connected())
+        self.slot.is_connected().await
     }
 
     /// Drops the channel that refused a publish, so the next publish opens a fresh one — at most
@@ -109,58 +94,21 @@ impl Link {
     /// 3.10 with a SIGKILLed leader, `tests/cluster.rs`). A fresh channel asks the queue afresh.
     /// Clients still waiting for a reply on the old channel fall back to `202 pending`.
     pub(super) async fn renew_after_refusal(&self, refused_on: &Channel) {
-        let mut slot = self.open.write().await;
-        let stale = slot.as_ref().is_some_and(|open| {
-            open.channel.id() == refused_on.id() && open.opened_at.elapsed() >= RECONNECT_PAUSE
-        });
-        if stale {
+        if self.slot.renew_after_refusal(refused_on).await {
             tracing::warn!("the broker refused a publish; the next publish opens a fresh channel");
-            slot.take();
         }
     }
 
     /// The current channel, re-opened if the broker went away.
     pub(super) async fn channel(&self) -> Result<Channel, PublishError> {
-        if let Some(open) = &*self.open.read().await
-            && open.channel.status().connected()
-        {
-            return Ok(open.channel.clone());
-        }
-        let mut slot = self.open.write().await;
-        if let Some(open) = &*slot
-            && open.channel.status().connected()
-        {
-            return Ok(open.channel.clone());
-        }
-        if slot.take().is_some() {
-            tracing::warn!("publisher lost its broker connection; reconnecting");
-        }
-        {
-            let last = self.last_failure.lock().expect("last_failure lock");
-            if last.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
-                return Err(PublishError::Unavailable("reconnecting".into()));
-            }
-        }
-        match self.open().await {
-            Ok(open) => {
-                crate::metrics::get()
-                    .broker_reconnects
-                    .with_label_values(&["publisher"])
-                    .inc();
-                tracing::info!("publisher reconnected to the broker");
-                let channel = open.channel.clone();
-                *slot = Some(open);
-                Ok(channel)
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "publisher cannot reconnect to the broker");
-                *self.last_failure.lock().expect("last_failure lock") = Some(Instant::now());
-                Err(PublishError::Unavailable(e.to_string()))
-            }
-        }
+        self.slot
+            .channel(|| self.open())
+            .await
+            .map_err(PublishError::Unavailable)
     }
 
-    async fn open(&self) -> anyhow::Result<Open> {
+    /// A fresh channel: the topology declared, confirm mode, its direct replies dispatched.
+    async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
         // Named after its exchange, so an operator (or a fault test) can tell deployments apart.
         let name = format!("seckill-api {}", self.topology.orders_exchange());
         let connection = super::connect(&self.amqp_url, &name).await?;
@@ -182,11 +130,7 @@ impl Link {
             )
             .await?;
         tokio::spawn(dispatch_replies(replies, Arc::clone(&self.waiters)));
-        Ok(Open {
-            _connection: connection,
-            channel,
-            opened_at: Instant::now(),
-        })
+        Ok((connection, channel))
     }
 }
 

@@ -2,6 +2,7 @@
 //! publisher. The broker is the sequencer of the queue path: an item always routes to the same
 //! partition queue, and single-active-consumer lets exactly one consumer read that queue.
 
+pub mod channel_slot;
 pub mod item_events;
 mod link;
 pub mod message;

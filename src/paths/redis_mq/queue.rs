@@ -1,21 +1,18 @@
 //! The `redis-mq` path's way onto its queue: one connection and one channel in confirm mode,
 //! shared by every request (each publish has its confirm, so hundreds are in flight at once),
-//! opened on first use, and opened again after the broker went away — at most once per
-//! [`RECONNECT_PAUSE`], so an outage costs each request a fast 503 rather than a connection
+//! held in a [`ChannelSlot`]: opened on first use, and opened again after the broker went away
+//! — at most once a second, so an outage costs each request a fast 503 rather than a connection
 //! attempt. One message per request, as miaosha sends them.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{Channel, Confirmation, Connection};
 
-use crate::broker::{self, message, topology::Topology};
+use crate::broker::{self, channel_slot::ChannelSlot, message, topology::Topology};
 use crate::config::BrokerArgs;
 use crate::domain::OrderRequest;
 
-/// Shortest pause between two attempts to reach the broker.
-const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 /// Longest wait for the broker's confirm of one message.
 const CONFIRM_WAIT: Duration = Duration::from_secs(10);
 
@@ -28,18 +25,10 @@ pub(super) enum Unpublished {
     MaybeHeld(String),
 }
 
-struct Open {
-    /// Kept so that the connection lives as long as its channel.
-    _connection: Connection,
-    channel: Channel,
-}
-
 pub(super) struct QueueLink {
     amqp_url: String,
     topology: Topology,
-    open: tokio::sync::RwLock<Option<Open>>,
-    /// When the broker last could not be reached, to pace the next attempt.
-    last_failure: Mutex<Option<Instant>>,
+    slot: ChannelSlot,
 }
 
 impl QueueLink {
@@ -47,8 +36,7 @@ impl QueueLink {
         Self {
             amqp_url: broker.amqp_url.clone(),
             topology: Topology::new(broker),
-            open: tokio::sync::RwLock::new(None),
-            last_failure: Mutex::new(None),
+            slot: ChannelSlot::new("redis-mq publisher"),
         }
     }
 
@@ -112,39 +100,14 @@ impl QueueLink {
 
     /// The open channel, opened (again) if there is none.
     async fn channel(&self) -> Result<Channel, String> {
-        if let Some(open) = &*self.open.read().await
-            && open.channel.status().connected()
-        {
-            return Ok(open.channel.clone());
-        }
-        let mut slot = self.open.write().await;
-        if let Some(open) = &*slot
-            && open.channel.status().connected()
-        {
-            return Ok(open.channel.clone());
-        }
-        slot.take();
-        {
-            let last = self.last_failure.lock().expect("last_failure lock");
-            if last.is_some_and(|at| at.elapsed() < RECONNECT_PAUSE) {
-                return Err("the broker is unavailable (reconnecting)".into());
-            }
-        }
-        match self.open().await {
-            Ok(open) => {
-                let channel = open.channel.clone();
-                *slot = Some(open);
-                Ok(channel)
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "redis-mq: cannot reach the broker");
-                *self.last_failure.lock().expect("last_failure lock") = Some(Instant::now());
-                Err(format!("the broker is unavailable: {e:#}"))
-            }
-        }
+        self.slot
+            .channel(|| self.open())
+            .await
+            .map_err(|e| format!("the broker is unavailable: {e}"))
     }
 
-    async fn open(&self) -> anyhow::Result<Open> {
+    /// A fresh channel in confirm mode, the queue declared.
+    async fn open(&self) -> anyhow::Result<(Connection, Channel)> {
         let name = format!("seckill-redis-mq {}", self.topology.redis_mq_queue());
         let connection = broker::connect(&self.amqp_url, &name).await?;
         let channel = connection.create_channel().await?;
@@ -152,9 +115,6 @@ impl QueueLink {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Open {
-            _connection: connection,
-            channel,
-        })
+        Ok((connection, channel))
     }
 }
