@@ -147,6 +147,64 @@ fn tick_label(v: f64) -> String {
     }
 }
 
+/// The box of a chart on two axes: its size, and where its plot area sits in it.
+#[derive(Clone, Copy)]
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    top: f64,
+    plot_w: f64,
+    plot_h: f64,
+}
+
+impl Frame {
+    /// The opening `<svg>`, its title and the plot area's border.
+    fn open(&self, title: &str) -> String {
+        let Frame {
+            w,
+            h,
+            left,
+            top,
+            plot_w,
+            plot_h,
+        } = *self;
+        format!(
+            r##"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text><rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>"##,
+            escape(title)
+        )
+    }
+
+    /// A labelled horizontal grid line at each of `ys`' ticks, `py` placing a value.
+    fn y_grid(&self, svg: &mut String, ys: &Scale, py: impl Fn(f64) -> f64) {
+        for t in ys.ticks() {
+            let _ = write!(
+                svg,
+                r##"<line x1="{0}" x2="{1}" y1="{2:.1}" y2="{2:.1}" stroke="#eee"/><text x="{3}" y="{4:.1}" text-anchor="end">{5}</text>"##,
+                self.left,
+                self.left + self.plot_w,
+                py(t),
+                self.left - 5.0,
+                py(t) + 4.0,
+                tick_label(t)
+            );
+        }
+    }
+
+    /// The x axis' label under the plot, the y axis' turned along its left side.
+    fn axis_labels(&self, svg: &mut String, x_label: &str, y_label: &str) {
+        let mid_y = self.top + self.plot_h / 2.0;
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{mid_y}" transform="rotate(-90 12 {mid_y})" text-anchor="middle">{}</text>"#,
+            self.left + self.plot_w / 2.0,
+            self.top + self.plot_h + 34.0,
+            escape(x_label),
+            escape(y_label)
+        );
+    }
+}
+
 /// Lines on two axes, a legend on the right, and an optional dashed horizontal bound.
 pub fn lines(
     title: &str,
@@ -155,7 +213,21 @@ pub fn lines(
     series: &[Series],
     bound: Option<(f64, &str)>,
 ) -> String {
-    let (w, h, left, top, plot_w, plot_h) = (900.0, 360.0, 60.0, 30.0, 660.0, 280.0);
+    let frame = Frame {
+        w: 900.0,
+        h: 360.0,
+        left: 60.0,
+        top: 30.0,
+        plot_w: 660.0,
+        plot_h: 280.0,
+    };
+    let Frame {
+        left,
+        top,
+        plot_w,
+        plot_h,
+        ..
+    } = frame;
     let xs = Scale::of(
         series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
         x.log,
@@ -170,10 +242,7 @@ pub fn lines(
     );
     let px = |v: f64| left + plot_w * xs.fraction(v);
     let py = |v: f64| top + plot_h * (1.0 - ys.fraction(v));
-    let mut svg = format!(
-        r##"<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text><rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>"##,
-        escape(title)
-    );
+    let mut svg = frame.open(title);
     for t in xs.ticks() {
         let _ = write!(
             svg,
@@ -184,27 +253,8 @@ pub fn lines(
             tick_label(t)
         );
     }
-    for t in ys.ticks() {
-        let _ = write!(
-            svg,
-            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
-            left + plot_w,
-            py(t),
-            left - 5.0,
-            py(t) + 4.0,
-            tick_label(t)
-        );
-    }
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">{}</text>"#,
-        left + plot_w / 2.0,
-        top + plot_h + 34.0,
-        escape(x.label),
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-        escape(y.label)
-    );
+    frame.y_grid(&mut svg, &ys, py);
+    frame.axis_labels(&mut svg, x.label, y.label);
     if let Some((v, label)) = bound {
         let _ = write!(
             svg,
@@ -268,27 +318,28 @@ pub fn histogram(
     h: &Histogram<'_>,
     marker: Option<(f64, &str)>,
 ) -> String {
-    let (w, ht, left, top, plot_w, plot_h) = (900.0, 250.0, 60.0, 30.0, 780.0, 170.0);
+    let frame = Frame {
+        w: 900.0,
+        h: 250.0,
+        left: 60.0,
+        top: 30.0,
+        plot_w: 780.0,
+        plot_h: 170.0,
+    };
+    let Frame {
+        left,
+        top,
+        plot_w,
+        plot_h,
+        ..
+    } = frame;
     let bins = h.bins_shown.max(h.counts.len()).max(1);
     let x_max = bins as f64 * h.bin_width;
     let ys = Scale::of(h.counts.iter().map(|c| *c as f64), false);
     let px = |v: f64| left + plot_w * v / x_max.max(1e-9);
     let py = |v: f64| top + plot_h * (1.0 - ys.fraction(v));
-    let mut svg = format!(
-        r##"<svg viewBox="0 0 {w} {ht}" width="{w}" height="{ht}" role="img"><title>{0}</title><text x="0" y="16" font-weight="bold">{0}</text><rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#bbb"/>"##,
-        escape(title)
-    );
-    for t in ys.ticks() {
-        let _ = write!(
-            svg,
-            r##"<line x1="{left}" x2="{0}" y1="{1:.1}" y2="{1:.1}" stroke="#eee"/><text x="{2}" y="{3:.1}" text-anchor="end">{4}</text>"##,
-            left + plot_w,
-            py(t),
-            left - 5.0,
-            py(t) + 4.0,
-            tick_label(t)
-        );
-    }
+    let mut svg = frame.open(title);
+    frame.y_grid(&mut svg, &ys, py);
     // A tick every half unit of x (every half average share), labelled.
     let ticks = (x_max / 0.5).floor() as usize;
     for i in 0..=ticks {
@@ -324,16 +375,7 @@ pub fn histogram(
             escape(label)
         );
     }
-    let _ = write!(
-        svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">{}</text><text x="12" y="{}" transform="rotate(-90 12 {})" text-anchor="middle">{}</text>"#,
-        left + plot_w / 2.0,
-        top + plot_h + 34.0,
-        escape(x_label),
-        top + plot_h / 2.0,
-        top + plot_h / 2.0,
-        escape(y_label)
-    );
+    frame.axis_labels(&mut svg, x_label, y_label);
     svg.push_str("</svg>");
     svg
 }
