@@ -245,6 +245,20 @@ impl Command {
                 broker,
                 consumer,
                 paths,
+            } if bench.faults => {
+                // The fault run's consumers are child processes, configured by the environment.
+                drop(consumer);
+                let results = crate::bench::faults::run(database, broker, paths, *bench).await?;
+                Ok(results.queue_clean().into())
+            }
+            #[cfg(feature = "bench")]
+            Command::Bench {
+                action: None,
+                bench,
+                database,
+                broker,
+                consumer,
+                paths,
             } => {
                 let results = crate::bench::run(database, broker, consumer, paths, *bench).await?;
                 Ok(results.safe_paths_audit_clean().into())

@@ -143,6 +143,23 @@ pub struct BenchArgs {
         conflicts_with_all = ["duration", "rate", "sweep"]
     )]
     pub resend_decided: usize,
+    /// Fault mode — correctness under faults, path by path. It RESTARTS Redis, RabbitMQ and
+    /// PostgreSQL on this machine (and refuses services it cannot restart, or that are not on
+    /// loopback), and puts them back. For each path of `--paths` × fault of `--fault` it starts
+    /// `seckill serve` and `seckill consume` as child processes, runs a sale at `--rate`
+    /// (default 200/s) for `--measure-secs`, injects the fault at a quarter of it for
+    /// `--fault-downtime-secs`, settles every request (clients retry 503s and resets with the
+    /// same request_id and poll pending ones), and prints a matrix: each cell `clean`, or the
+    /// sales lost, requests lost, ids decided twice, units oversold, Redis against PostgreSQL.
+    /// Exit status 1 if the queue path is not clean in every column.
+    #[arg(long, conflicts_with_all = ["url", "sweep", "duration", "requests", "resend_decided"])]
+    pub faults: bool,
+    /// The faults of `--faults`, comma-separated (default: all of them).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub fault: Vec<super::faults::fault::FaultKind>,
+    /// How long each fault of `--faults` keeps its service down, or its process dead.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
+    pub fault_downtime_secs: u64,
 }
 
 impl BenchArgs {

@@ -22,7 +22,7 @@
 pub mod answer;
 pub mod args;
 pub mod ceiling;
-mod charts;
+pub(crate) mod charts;
 mod cleanup;
 pub mod compare;
 mod decided;
@@ -30,6 +30,7 @@ mod driver;
 pub mod eligible;
 pub mod environment;
 pub mod experiments;
+pub mod faults;
 mod files;
 pub mod headline;
 mod html;

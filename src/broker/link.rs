@@ -81,9 +81,11 @@ impl Link {
         &self.waiters
     }
 
-    /// True when the broker connection is up.
+    /// True when the broker connection is up, reconnecting if it is down (paced like a
+    /// publish): `/healthz` asks this, and after an outage with no traffic nothing else would
+    /// open the channel again, so health would say "broker down" for good.
     pub(super) async fn is_connected(&self) -> bool {
-        self.slot.is_connected().await
+        self.channel().await.is_ok()
     }
 
     /// Drops the channel that refused a publish, so the next publish opens a fresh one — at most
