@@ -247,7 +247,7 @@ impl Command {
                 paths,
             } if bench.faults => {
                 // The fault run's consumers are child processes, configured by the environment.
-                drop(consumer);
+                let _ = consumer;
                 let results = crate::bench::faults::run(database, broker, paths, *bench).await?;
                 Ok(results.queue_clean().into())
             }

@@ -56,6 +56,7 @@ impl BuyerLog {
 
 /// Buys once through `path` (`queue`: no `?path=`), retrying until `send_by`, then follows a
 /// pending answer up until `settle_by`.
+#[allow(clippy::too_many_arguments)]
 pub async fn buy(
     http: &reqwest::Client,
     base: &str,
@@ -77,7 +78,8 @@ pub async fn buy(
     } else {
         format!("{base}/orders?path={path}")
     };
-    let body = serde_json::json!({"item_id": item_id, "user_id": user_id, "request_id": request_id});
+    let body =
+        serde_json::json!({"item_id": item_id, "user_id": user_id, "request_id": request_id});
     let mut pending = loop {
         match attempt(http.post(&url).json(&body)).await {
             Attempt::Status(status) if status == "pending" => {
@@ -166,5 +168,8 @@ async fn attempt(request: reqwest::RequestBuilder) -> Attempt {
             return Attempt::Status(status);
         }
     }
-    Attempt::Unexpected(format!("{code}: {}", text.chars().take(200).collect::<String>()))
+    Attempt::Unexpected(format!(
+        "{code}: {}",
+        text.chars().take(200).collect::<String>()
+    ))
 }

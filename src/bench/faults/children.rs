@@ -137,11 +137,7 @@ impl Children {
         let deadline = Instant::now() + READY_WAIT;
         loop {
             self.check_alive()?;
-            let answer = http
-                .get(&url)
-                .timeout(Duration::from_secs(2))
-                .send()
-                .await;
+            let answer = http.get(&url).timeout(Duration::from_secs(2)).send().await;
             if answer.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
@@ -173,9 +169,13 @@ fn spawn(launch: &Launch, role: Role, start: usize) -> anyhow::Result<Child> {
         .stdout(out.try_clone()?)
         .stderr(out)
         .kill_on_drop(true);
-    command
-        .spawn()
-        .map_err(|e| anyhow::anyhow!("cannot start {} {}: {e}", launch.exe.display(), role.as_str()))
+    command.spawn().map_err(|e| {
+        anyhow::anyhow!(
+            "cannot start {} {}: {e}",
+            launch.exe.display(),
+            role.as_str()
+        )
+    })
 }
 
 fn log_file(dir: &Path, tag: &str, role: Role, start: usize) -> PathBuf {

@@ -78,7 +78,11 @@ pub fn check_restartable(
     redis: &RedisArgs,
 ) -> anyhow::Result<Services> {
     let mut problems = Vec::new();
-    let host_of = |url: &str| url::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned));
+    let host_of = |url: &str| {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_owned))
+    };
     // A cluster's URLs are comma-separated: every node must be here to be restarted.
     let local = |urls: &str| {
         urls.split(',')
@@ -165,10 +169,7 @@ fn run(command: &mut Command) -> std::io::Result<std::process::Output> {
         "{}:/usr/local/sbin:/usr/sbin:/sbin",
         std::env::var("PATH").unwrap_or_default()
     );
-    command
-        .env("PATH", path)
-        .stdin(Stdio::null())
-        .output()
+    command.env("PATH", path).stdin(Stdio::null()).output()
 }
 
 fn succeeds(command: &mut Command) -> bool {
@@ -222,7 +223,14 @@ impl Start {
                 let port = target.port.to_string();
                 let mut command = Command::new("redis-server");
                 command
-                    .args(["--daemonize", "yes", "--bind", &target.host, "--port", &port])
+                    .args([
+                        "--daemonize",
+                        "yes",
+                        "--bind",
+                        &target.host,
+                        "--port",
+                        &port,
+                    ])
                     .args(config);
                 run_ok(&mut command)?;
             }
@@ -362,15 +370,23 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(error.contains("redis-restart: Redis is not on loopback"), "{error}");
+        assert!(
+            error.contains("redis-restart: Redis is not on loopback"),
+            "{error}"
+        );
         assert!(
             error.contains("pg-kill-connections: PostgreSQL is not on loopback"),
             "{error}"
         );
         // Killing our own processes needs nothing of the services.
         assert!(
-            check_restartable(&[FaultKind::KillDecider], &flags.database, &flags.broker, &flags.redis)
-                .is_ok()
+            check_restartable(
+                &[FaultKind::KillDecider],
+                &flags.database,
+                &flags.broker,
+                &flags.redis
+            )
+            .is_ok()
         );
     }
 

@@ -74,7 +74,13 @@ pub fn terminal(results: &FaultResults) -> String {
             .max()
             .unwrap_or(8)
     };
-    let name_width = results.paths.iter().map(|p| p.len()).max().unwrap_or(4).max(4);
+    let name_width = results
+        .paths
+        .iter()
+        .map(|p| p.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let header = |out: &mut String, title: &str| {
         let _ = writeln!(out, "{title}");
         let _ = write!(out, "{:name_width$}", "path");
@@ -83,7 +89,10 @@ pub fn terminal(results: &FaultResults) -> String {
         }
         out.push('\n');
     };
-    header(&mut out, "verdict: clean, or what was lost, sold twice or oversold");
+    header(
+        &mut out,
+        "verdict: clean, or what was lost, sold twice or oversold",
+    );
     for path in &results.paths {
         let _ = write!(out, "{path:name_width$}");
         for f in &results.faults {
@@ -93,7 +102,10 @@ pub fn terminal(results: &FaultResults) -> String {
         out.push('\n');
     }
     out.push('\n');
-    header(&mut out, "refused: seconds with a 503, a failed connection or a 5xx (5xx count)");
+    header(
+        &mut out,
+        "refused: seconds with a 503, a failed connection or a 5xx (5xx count)",
+    );
     for path in &results.paths {
         let _ = write!(out, "{path:name_width$}");
         for f in &results.faults {
@@ -238,7 +250,10 @@ pub fn page(results: &FaultResults) -> String {
 /// Writes `results.json` and `report.html` into `dir`.
 pub fn write_all(results: &FaultResults, dir: &std::path::Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
-    std::fs::write(dir.join("results.json"), serde_json::to_vec_pretty(results)?)?;
+    std::fs::write(
+        dir.join("results.json"),
+        serde_json::to_vec_pretty(results)?,
+    )?;
     std::fs::write(dir.join("report.html"), page(results))?;
     Ok(())
 }
@@ -292,7 +307,10 @@ mod tests {
             .lines()
             .find(|l| l.starts_with("redis-stream"))
             .expect("a row per path");
-        assert!(row.contains("lost-sale 7") && row.contains("clean"), "{row}");
+        assert!(
+            row.contains("lost-sale 7") && row.contains("clean"),
+            "{row}"
+        );
         assert!(text.contains("redis-restart") && text.contains("kill-decider"));
         assert!(text.contains("1.5 s"));
         let html = page(&results);

@@ -85,8 +85,8 @@ pub async fn run(
     for path in &plan.paths {
         for fault in &plan.faults {
             let cell = run_cell(
-                &pool, &database, &broker, &path_args, &args, &services, &plan, &exe, &http,
-                *path, *fault,
+                &pool, &database, &broker, &path_args, &args, &services, &plan, &exe, &http, *path,
+                *fault,
             )
             .await;
             eprintln!(
@@ -207,8 +207,12 @@ async fn run_cell(
     let mut path_args = path_args.clone();
     path_args.redis.redis_prefix = format!("{}-faults-{tag}", path_args.redis.redis_prefix);
     let app_name = format!("seckill-faults-{tag}");
-    let item = match crate::store::create_item(pool, &format!("faults {path} {fault:?}"), plan.stock)
-        .await
+    let item = match crate::store::create_item(
+        pool,
+        &format!("faults {path} {fault:?}"),
+        plan.stock,
+    )
+    .await
     {
         Ok(item) => item.id,
         Err(e) => return failed(path, fault, format!("cannot create the item: {e}")),
@@ -270,18 +274,28 @@ async fn sale(
     app_name: &str,
     out: &std::path::Path,
 ) -> anyhow::Result<CellVerdict> {
-    let separator = if database.database_url.contains('?') { '&' } else { '?' };
+    let separator = if database.database_url.contains('?') {
+        '&'
+    } else {
+        '?'
+    };
     let launch = Launch {
         exe: exe.to_owned(),
         env: vec![
             (
                 "DATABASE_URL".into(),
-                format!("{}{separator}application_name={app_name}", database.database_url),
+                format!(
+                    "{}{separator}application_name={app_name}",
+                    database.database_url
+                ),
             ),
             ("AMQP_URL".into(), broker.amqp_url.clone()),
             ("SECKILL_QUEUE_PREFIX".into(), broker.queue_prefix.clone()),
             ("REDIS_URL".into(), path_args.redis.redis_url.clone()),
-            ("SECKILL_REDIS_PREFIX".into(), path_args.redis.redis_prefix.clone()),
+            (
+                "SECKILL_REDIS_PREFIX".into(),
+                path_args.redis.redis_prefix.clone(),
+            ),
         ],
         bind: children::free_bind()?,
         logs: out.join("fault-logs"),
@@ -303,7 +317,14 @@ async fn sale(
             let user = format!("f{tag}-{}", i % plan.users);
             buyers.push(tokio::spawn(async move {
                 buyer::buy(
-                    &http, &base, path.as_str(), item, user, run_start, send_by, settle_by,
+                    &http,
+                    &base,
+                    path.as_str(),
+                    item,
+                    user,
+                    run_start,
+                    send_by,
+                    settle_by,
                 )
                 .await
             }));
@@ -316,7 +337,19 @@ async fn sale(
     };
     let inject = async {
         tokio::time::sleep_until((run_start + plan.fault_at).into()).await;
-        inject(fault, &mut children, services, pool, broker, path_args, plan, path, app_name, http).await
+        inject(
+            fault,
+            &mut children,
+            services,
+            pool,
+            broker,
+            path_args,
+            plan,
+            path,
+            app_name,
+            http,
+        )
+        .await
     };
     let (logs, injected) = tokio::join!(load, inject);
     injected?;
@@ -391,7 +424,11 @@ async fn inject(
             outage
                 .restore(|| {
                     let url = url.clone();
-                    async move { crate::broker::connect(&url, "seckill-bench-faults-probe").await.is_ok() }
+                    async move {
+                        crate::broker::connect(&url, "seckill-bench-faults-probe")
+                            .await
+                            .is_ok()
+                    }
                 })
                 .await?;
         }
@@ -414,7 +451,8 @@ async fn inject(
                 .postgres_version
                 .clone()
                 .ok_or_else(|| anyhow::anyhow!("no PostgreSQL cluster to restart"))?;
-            let outage = tokio::task::spawn_blocking(move || Outage::stop_postgres(&version)).await??;
+            let outage =
+                tokio::task::spawn_blocking(move || Outage::stop_postgres(&version)).await??;
             down();
             tokio::time::sleep_until(mended_by.into()).await;
             outage
@@ -462,14 +500,25 @@ async fn redis_view(path: PathName, path_args: &PathArgs, item: i64) -> anyhow::
     let keys = store.keys(item);
     let mut con = store.connection();
     let stock_left: Option<i64> = if path == PathName::RedisList {
-        let loaded: bool = redis::cmd("EXISTS").arg(&keys.stock).query_async(&mut con).await?;
+        let loaded: bool = redis::cmd("EXISTS")
+            .arg(&keys.stock)
+            .query_async(&mut con)
+            .await?;
         if loaded {
-            Some(redis::cmd("LLEN").arg(&keys.tokens).query_async(&mut con).await?)
+            Some(
+                redis::cmd("LLEN")
+                    .arg(&keys.tokens)
+                    .query_async(&mut con)
+                    .await?,
+            )
         } else {
             None
         }
     } else {
-        redis::cmd("GET").arg(&keys.stock).query_async(&mut con).await?
+        redis::cmd("GET")
+            .arg(&keys.stock)
+            .query_async(&mut con)
+            .await?
     };
     let buyers: HashSet<String> = redis::cmd("SMEMBERS")
         .arg(&keys.buyers)

@@ -158,13 +158,22 @@ pub fn judge(
         );
         if log.unexpected.is_some() {
             v.unexpected += 1;
-            example(&mut v, format!("{}: unexpected answer {:?}", log.request_id, log.unexpected));
+            example(
+                &mut v,
+                format!("{}: unexpected answer {:?}", log.request_id, log.unexpected),
+            );
             continue;
         }
         let in_db = held.outcomes.get(&log.request_id);
         if log.told.as_deref() == Some("purchased") && !held.ordered.contains(&log.request_id) {
             v.lost_sales += 1;
-            example(&mut v, format!("{}: told purchased, no order in the database", log.request_id));
+            example(
+                &mut v,
+                format!(
+                    "{}: told purchased, no order in the database",
+                    log.request_id
+                ),
+            );
         }
         let answered_two_ways = log.told_otherwise.is_some()
             || matches!((&log.told, in_db), (Some(told), Some(held)) if told != held);
@@ -180,10 +189,16 @@ pub fn judge(
         }
         if !log.accepted {
             v.gave_up += 1;
-            example(&mut v, format!("{}: never accepted before the deadline", log.request_id));
+            example(
+                &mut v,
+                format!("{}: never accepted before the deadline", log.request_id),
+            );
         } else if log.told.is_none() && in_db.is_none() {
             v.lost_requests += 1;
-            example(&mut v, format!("{}: accepted, never decided", log.request_id));
+            example(
+                &mut v,
+                format!("{}: accepted, never decided", log.request_id),
+            );
         }
     }
     v.refused_secs = slices.len() as f64 * REFUSAL_SLICE.as_secs_f64();
@@ -209,7 +224,11 @@ pub fn judge(
 
 /// How Redis's stock and buyers differ from the database's, if they do. An item Redis does not
 /// hold is no disagreement: it loads from the database at its next request.
-fn disagreement(view: &RedisView, stock_remaining: i64, buyers: &HashSet<String>) -> Option<String> {
+fn disagreement(
+    view: &RedisView,
+    stock_remaining: i64,
+    buyers: &HashSet<String>,
+) -> Option<String> {
     let stock_left = view.stock_left?;
     let mut what = Vec::new();
     if stock_left != stock_remaining {
@@ -223,7 +242,9 @@ fn disagreement(view: &RedisView, stock_remaining: i64, buyers: &HashSet<String>
         what.push(format!("{without_order} Redis buyer(s) hold no order"));
     }
     if unlisted > 0 {
-        what.push(format!("{unlisted} order holder(s) missing from Redis's buyers"));
+        what.push(format!(
+            "{unlisted} order holder(s) missing from Redis's buyers"
+        ));
     }
     (!what.is_empty()).then(|| what.join("; "))
 }
@@ -274,7 +295,10 @@ mod tests {
         let v = judge(&logs, &held, &audit(vec![]), None);
         assert_eq!((v.lost_sales, v.decided_twice, v.lost_requests), (2, 1, 1));
         assert_eq!(v.unavailable, 2);
-        assert!((v.refused_secs - 0.1).abs() < 1e-9, "two refusals in one slice");
+        assert!(
+            (v.refused_secs - 0.1).abs() < 1e-9,
+            "two refusals in one slice"
+        );
         assert!(!v.is_clean());
         assert_eq!(v.cell_text(), "lost-sale 2 lost-req 1 twice 1");
 
@@ -295,15 +319,32 @@ mod tests {
             stock_left: Some(1),
             buyers: ["a".to_owned(), "b".to_owned()].into(),
         };
-        let v = judge(&[], &Held::default(), &audit(vec![over]), Some((&view, 0, &buyers)));
+        let v = judge(
+            &[],
+            &Held::default(),
+            &audit(vec![over]),
+            Some((&view, 0, &buyers)),
+        );
         assert_eq!(v.oversold_units, 3);
         let said = v.redis_disagrees.clone().expect("out of step");
-        assert!(said.contains("Redis would sell 1 more") && said.contains("1 Redis buyer(s) hold no order"), "{said}");
+        assert!(
+            said.contains("Redis would sell 1 more")
+                && said.contains("1 Redis buyer(s) hold no order"),
+            "{said}"
+        );
         assert_eq!(v.cell_text(), "oversold 3 redis≠pg");
         let unloaded = RedisView {
             stock_left: None,
             buyers: HashSet::new(),
         };
-        assert!(judge(&[], &Held::default(), &audit(vec![]), Some((&unloaded, 0, &buyers))).is_clean());
+        assert!(
+            judge(
+                &[],
+                &Held::default(),
+                &audit(vec![]),
+                Some((&unloaded, 0, &buyers))
+            )
+            .is_clean()
+        );
     }
 }
