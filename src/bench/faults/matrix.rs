@@ -89,31 +89,27 @@ pub fn terminal(results: &FaultResults) -> String {
         }
         out.push('\n');
     };
-    header(
-        &mut out,
+    let mut table = |title: &str, text: &dyn Fn(Option<&Cell>) -> String| {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        header(&mut out, title);
+        for path in &results.paths {
+            let _ = write!(out, "{path:name_width$}");
+            for f in &results.faults {
+                let _ = write!(out, "  {:w$}", text(results.cell(path, *f)), w = width(*f));
+            }
+            out.push('\n');
+        }
+    };
+    table(
         "verdict: clean, or what was lost, sold twice or oversold",
+        &|c| c.map_or("-".to_owned(), |c| c.text.clone()),
     );
-    for path in &results.paths {
-        let _ = write!(out, "{path:name_width$}");
-        for f in &results.faults {
-            let text = results.cell(path, *f).map_or("-", |c| c.text.as_str());
-            let _ = write!(out, "  {text:w$}", w = width(*f));
-        }
-        out.push('\n');
-    }
-    out.push('\n');
-    header(
-        &mut out,
+    table(
         "refused: seconds with a 503, a failed connection or a 5xx (5xx count)",
+        &|c| c.map_or("-".to_owned(), refusal_text),
     );
-    for path in &results.paths {
-        let _ = write!(out, "{path:name_width$}");
-        for f in &results.faults {
-            let text = results.cell(path, *f).map_or("-".to_owned(), refusal_text);
-            let _ = write!(out, "  {text:w$}", w = width(*f));
-        }
-        out.push('\n');
-    }
     let _ = write!(
         out,
         "\n{} request(s) per cell at {}/s for {} s, {} units for {} users; each fault at {:.1} s, \

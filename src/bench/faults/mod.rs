@@ -18,6 +18,7 @@ pub mod matrix;
 pub mod verdict;
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -65,11 +66,21 @@ pub async fn run(
 ) -> anyhow::Result<FaultResults> {
     let plan = plan(&args)?;
     let services = fault::check_restartable(&plan.faults, &database, &broker, &path_args.redis)?;
-    let pool = crate::store::connect(&database).await?;
-    let exe = std::env::current_exe()?;
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(256)
-        .build()?;
+    let rig = Rig {
+        pool: crate::store::connect(&database).await?,
+        database,
+        broker,
+        path_args,
+        services,
+        exe: std::env::current_exe()?,
+        http: reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()?,
+        out: args.out.clone(),
+        keep: args.keep,
+        plan,
+    };
+    let plan = &rig.plan;
     eprintln!(
         "bench --faults: {} path(s) × {} fault(s); this RESTARTS Redis, RabbitMQ and PostgreSQL \
          on this machine. Each cell: {} requests at {}/s, the fault at {:.1} s for {} s.",
@@ -84,11 +95,7 @@ pub async fn run(
     let mut cells = Vec::new();
     for path in &plan.paths {
         for fault in &plan.faults {
-            let cell = run_cell(
-                &pool, &database, &broker, &path_args, &args, &services, &plan, &exe, &http, *path,
-                *fault,
-            )
-            .await;
+            let cell = rig.run_cell(*path, *fault).await;
             eprintln!(
                 "  {:14} {:20} {}",
                 path.as_str(),
@@ -113,12 +120,12 @@ pub async fn run(
         faults: plan.faults.clone(),
         cells,
     };
-    matrix::write_all(&results, &args.out)?;
+    matrix::write_all(&results, &rig.out)?;
     println!("{}", matrix::terminal(&results));
     println!(
         "wrote {} and {}",
-        args.out.join("results.json").display(),
-        args.out.join("report.html").display()
+        rig.out.join("results.json").display(),
+        rig.out.join("report.html").display()
     );
     Ok(results)
 }
@@ -187,61 +194,254 @@ fn keeps_sale_in_redis(path: PathName) -> bool {
     )
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_cell(
-    pool: &PgPool,
-    database: &DatabaseArgs,
-    broker: &BrokerArgs,
-    path_args: &PathArgs,
-    args: &BenchArgs,
-    services: &Services,
-    plan: &Plan,
-    exe: &std::path::Path,
-    http: &reqwest::Client,
+/// What every cell shares: where the services are, the plan, the binary the children run, and
+/// the bench's own pool and HTTP client.
+struct Rig {
+    pool: PgPool,
+    database: DatabaseArgs,
+    broker: BrokerArgs,
+    path_args: PathArgs,
+    services: Services,
+    plan: Plan,
+    exe: PathBuf,
+    http: reqwest::Client,
+    out: PathBuf,
+    keep: bool,
+}
+
+/// One cell's own names, so no cell sees another's queues, keys, rows or connections.
+struct Sale {
     path: PathName,
     fault: FaultKind,
-) -> Cell {
-    let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut broker = broker.clone();
-    broker.queue_prefix = format!("{}-faults-{tag}", broker.queue_prefix);
-    let mut path_args = path_args.clone();
-    path_args.redis.redis_prefix = format!("{}-faults-{tag}", path_args.redis.redis_prefix);
-    let app_name = format!("seckill-faults-{tag}");
-    let item = match crate::store::create_item(
-        pool,
-        &format!("faults {path} {fault:?}"),
-        plan.stock,
-    )
-    .await
-    {
-        Ok(item) => item.id,
-        Err(e) => return failed(path, fault, format!("cannot create the item: {e}")),
-    };
-    let outcome = sale(
-        pool, database, &broker, &path_args, services, plan, exe, http, path, fault, item, &tag,
-        &app_name, &args.out,
-    )
-    .await;
-    if !args.keep
-        && let Err(e) = super::cleanup::remove_rows(pool, &[item]).await
-    {
-        tracing::warn!(error = %format!("{e:#}"), "could not remove a fault cell's rows");
-    }
-    if let Err(e) =
-        super::cleanup::remove_queues_and_keys(&broker, &Topology::new(&broker), &path_args).await
-    {
-        tracing::warn!(error = %format!("{e:#}"), "could not remove a fault cell's queues");
-    }
-    match outcome {
-        Ok(verdict) => Cell {
-            path: path.as_str(),
+    item: i64,
+    /// Names the cell's buyers and log files.
+    tag: String,
+    broker: BrokerArgs,
+    path_args: PathArgs,
+    /// The `application_name` of the children's PostgreSQL connections.
+    app_name: String,
+}
+
+impl Rig {
+    /// One cell: its item and names, the sale, then its rows, queues and keys removed.
+    async fn run_cell(&self, path: PathName, fault: FaultKind) -> Cell {
+        let tag = Uuid::new_v4().simple().to_string()[..8].to_string();
+        let mut broker = self.broker.clone();
+        broker.queue_prefix = format!("{}-faults-{tag}", broker.queue_prefix);
+        let mut path_args = self.path_args.clone();
+        path_args.redis.redis_prefix = format!("{}-faults-{tag}", path_args.redis.redis_prefix);
+        let name = format!("faults {path} {fault:?}");
+        let item = match crate::store::create_item(&self.pool, &name, self.plan.stock).await {
+            Ok(item) => item.id,
+            Err(e) => return failed(path, fault, format!("cannot create the item: {e}")),
+        };
+        let sale = Sale {
+            path,
             fault,
-            clean: verdict.is_clean(),
-            text: verdict.cell_text(),
-            error: None,
-            verdict,
-        },
-        Err(e) => failed(path, fault, format!("{e:#}")),
+            item,
+            app_name: format!("seckill-faults-{tag}"),
+            tag,
+            broker,
+            path_args,
+        };
+        let outcome = self.sell(&sale).await;
+        if !self.keep
+            && let Err(e) = super::cleanup::remove_rows(&self.pool, &[item]).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove a fault cell's rows");
+        }
+        let topology = Topology::new(&sale.broker);
+        if let Err(e) =
+            super::cleanup::remove_queues_and_keys(&sale.broker, &topology, &sale.path_args).await
+        {
+            tracing::warn!(error = %format!("{e:#}"), "could not remove a fault cell's queues");
+        }
+        match outcome {
+            Ok(verdict) => Cell {
+                path: path.as_str(),
+                fault,
+                clean: verdict.is_clean(),
+                text: verdict.cell_text(),
+                error: None,
+                verdict,
+            },
+            Err(e) => failed(path, fault, format!("{e:#}")),
+        }
+    }
+
+    /// How the cell's two processes are started.
+    fn launch(&self, sale: &Sale) -> anyhow::Result<Launch> {
+        let url = &self.database.database_url;
+        let separator = if url.contains('?') { '&' } else { '?' };
+        let redis = &sale.path_args.redis;
+        Ok(Launch {
+            exe: self.exe.clone(),
+            env: vec![
+                (
+                    "DATABASE_URL".into(),
+                    format!("{url}{separator}application_name={}", sale.app_name),
+                ),
+                ("AMQP_URL".into(), sale.broker.amqp_url.clone()),
+                (
+                    "SECKILL_QUEUE_PREFIX".into(),
+                    sale.broker.queue_prefix.clone(),
+                ),
+                ("REDIS_URL".into(), redis.redis_url.clone()),
+                ("SECKILL_REDIS_PREFIX".into(), redis.redis_prefix.clone()),
+            ],
+            bind: children::free_bind()?,
+            logs: self.out.join("fault-logs"),
+            tag: format!(
+                "{}-{}-{}",
+                sale.path.as_str(),
+                sale.fault.as_str(),
+                sale.tag
+            ),
+        })
+    }
+
+    /// One sale under one fault, settled and judged.
+    async fn sell(&self, sale: &Sale) -> anyhow::Result<CellVerdict> {
+        let (plan, pool, item) = (&self.plan, &self.pool, sale.item);
+        let mut children = Children::start(self.launch(sale)?, &self.http).await?;
+        let base = children.base_url();
+        let run_start = Instant::now();
+        let load_end = run_start + plan.load;
+        let send_by = load_end + RETRY_BOUND;
+        let settle_by = load_end + SETTLE_BOUND;
+
+        let load = async {
+            let mut buyers = Vec::with_capacity(plan.requests);
+            for i in 0..plan.requests {
+                let due = run_start + Duration::from_secs_f64(i as f64 / f64::from(plan.rate));
+                tokio::time::sleep_until(due.into()).await;
+                let (http, base) = (self.http.clone(), base.clone());
+                let user = format!("f{}-{}", sale.tag, i % plan.users);
+                let path = sale.path.as_str();
+                buyers.push(tokio::spawn(async move {
+                    buyer::buy(
+                        &http, &base, path, item, user, run_start, send_by, settle_by,
+                    )
+                    .await
+                }));
+            }
+            let mut logs = Vec::with_capacity(buyers.len());
+            for b in buyers {
+                logs.push(b.await.expect("a buyer task never panics"));
+            }
+            logs
+        };
+        let inject = async {
+            tokio::time::sleep_until((run_start + plan.fault_at).into()).await;
+            self.inject(sale, &mut children).await
+        };
+        let (logs, injected) = tokio::join!(load, inject);
+        injected?;
+        let held = wait_written(pool, item, &logs).await?;
+        children.check_alive()?;
+        children.stop().await;
+        let audit = crate::audit::audit_item(pool, item, true)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("item {item} is gone"))?;
+        let redis = if keeps_sale_in_redis(sale.path) {
+            Some(redis_view(sale.path, &sale.path_args, item).await?)
+        } else {
+            None
+        };
+        let buyers: HashSet<String> =
+            sqlx::query_scalar::<_, String>("SELECT user_id FROM orders WHERE item_id = $1")
+                .bind(item)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect();
+        let verdict = verdict::judge(
+            &logs,
+            &held,
+            &audit,
+            redis.as_ref().map(|r| (r, audit.stock_remaining, &buyers)),
+        );
+        for example in &verdict.examples {
+            tracing::warn!(
+                path = sale.path.as_str(),
+                fault = sale.fault.as_str(),
+                "{example}"
+            );
+        }
+        Ok(verdict)
+    }
+
+    /// Breaks what the cell's fault breaks, keeps it broken for the plan's downtime, and mends
+    /// it.
+    async fn inject(&self, sale: &Sale, children: &mut Children) -> anyhow::Result<()> {
+        let downtime = self.plan.downtime;
+        // Counted from when the service is down (stopping one takes a while): see `down`.
+        let mut mended_by = Instant::now() + downtime;
+        let mut down = || mended_by = Instant::now() + downtime;
+        match sale.fault {
+            FaultKind::KillDecider => {
+                let role = decider(sale.path);
+                children.kill(role).await?;
+                down();
+                tokio::time::sleep_until(mended_by.into()).await;
+                children.restart(role, &self.http).await?;
+            }
+            FaultKind::RedisRestart => {
+                let target = self.services.redis.clone();
+                let outage =
+                    tokio::task::spawn_blocking(move || Outage::stop_redis(&target)).await??;
+                down();
+                tokio::time::sleep_until(mended_by.into()).await;
+                let url = sale.path_args.redis.redis_url.clone();
+                outage.restore(|| redis_answers(url.clone())).await?;
+            }
+            FaultKind::RabbitmqRestart => {
+                let outage = tokio::task::spawn_blocking(Outage::stop_rabbitmq).await??;
+                down();
+                tokio::time::sleep_until(mended_by.into()).await;
+                let url = sale.broker.amqp_url.clone();
+                outage
+                    .restore(|| {
+                        let url = url.clone();
+                        async move {
+                            crate::broker::connect(&url, "seckill-bench-faults-probe")
+                                .await
+                                .is_ok()
+                        }
+                    })
+                    .await?;
+            }
+            FaultKind::PgKillConnections => {
+                let mut killed = 0i64;
+                while Instant::now() < mended_by {
+                    killed += sqlx::query_scalar::<_, i64>(
+                        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid)
+                           FROM pg_stat_activity WHERE application_name = $1) AS t",
+                    )
+                    .bind(&sale.app_name)
+                    .fetch_one(&self.pool)
+                    .await?;
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                tracing::info!(killed, "terminated the sale's PostgreSQL connections");
+            }
+            FaultKind::PgRestart => {
+                let version = self
+                    .services
+                    .postgres_version
+                    .clone()
+                    .ok_or_else(|| anyhow::anyhow!("no PostgreSQL cluster to restart"))?;
+                let outage =
+                    tokio::task::spawn_blocking(move || Outage::stop_postgres(&version)).await??;
+                down();
+                tokio::time::sleep_until(mended_by.into()).await;
+                let pool = &self.pool;
+                outage
+                    .restore(|| async { sqlx::query("SELECT 1").execute(pool).await.is_ok() })
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,213 +454,6 @@ fn failed(path: PathName, fault: FaultKind, error: String) -> Cell {
         error: Some(error),
         verdict: CellVerdict::default(),
     }
-}
-
-/// One sale under one fault, settled and judged.
-#[allow(clippy::too_many_arguments)]
-async fn sale(
-    pool: &PgPool,
-    database: &DatabaseArgs,
-    broker: &BrokerArgs,
-    path_args: &PathArgs,
-    services: &Services,
-    plan: &Plan,
-    exe: &std::path::Path,
-    http: &reqwest::Client,
-    path: PathName,
-    fault: FaultKind,
-    item: i64,
-    tag: &str,
-    app_name: &str,
-    out: &std::path::Path,
-) -> anyhow::Result<CellVerdict> {
-    let separator = if database.database_url.contains('?') {
-        '&'
-    } else {
-        '?'
-    };
-    let launch = Launch {
-        exe: exe.to_owned(),
-        env: vec![
-            (
-                "DATABASE_URL".into(),
-                format!(
-                    "{}{separator}application_name={app_name}",
-                    database.database_url
-                ),
-            ),
-            ("AMQP_URL".into(), broker.amqp_url.clone()),
-            ("SECKILL_QUEUE_PREFIX".into(), broker.queue_prefix.clone()),
-            ("REDIS_URL".into(), path_args.redis.redis_url.clone()),
-            (
-                "SECKILL_REDIS_PREFIX".into(),
-                path_args.redis.redis_prefix.clone(),
-            ),
-        ],
-        bind: children::free_bind()?,
-        logs: out.join("fault-logs"),
-        tag: format!("{}-{}-{tag}", path.as_str(), fault.as_str()),
-    };
-    let mut children = Children::start(launch, http).await?;
-    let base = children.base_url();
-    let run_start = Instant::now();
-    let load_end = run_start + plan.load;
-    let send_by = load_end + RETRY_BOUND;
-    let settle_by = load_end + SETTLE_BOUND;
-
-    let load = async {
-        let mut buyers = Vec::with_capacity(plan.requests);
-        for i in 0..plan.requests {
-            let due = run_start + Duration::from_secs_f64(i as f64 / f64::from(plan.rate));
-            tokio::time::sleep_until(due.into()).await;
-            let (http, base) = (http.clone(), base.clone());
-            let user = format!("f{tag}-{}", i % plan.users);
-            buyers.push(tokio::spawn(async move {
-                buyer::buy(
-                    &http,
-                    &base,
-                    path.as_str(),
-                    item,
-                    user,
-                    run_start,
-                    send_by,
-                    settle_by,
-                )
-                .await
-            }));
-        }
-        let mut logs = Vec::with_capacity(buyers.len());
-        for b in buyers {
-            logs.push(b.await.expect("a buyer task never panics"));
-        }
-        logs
-    };
-    let inject = async {
-        tokio::time::sleep_until((run_start + plan.fault_at).into()).await;
-        inject(
-            fault,
-            &mut children,
-            services,
-            pool,
-            broker,
-            path_args,
-            plan,
-            path,
-            app_name,
-            http,
-        )
-        .await
-    };
-    let (logs, injected) = tokio::join!(load, inject);
-    injected?;
-    let held = wait_written(pool, item, &logs).await?;
-    children.check_alive()?;
-    children.stop().await;
-    let audit = crate::audit::audit_item(pool, item, true)
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("item {item} is gone"))?;
-    let redis = if keeps_sale_in_redis(path) {
-        Some(redis_view(path, path_args, item).await?)
-    } else {
-        None
-    };
-    let buyers: HashSet<String> =
-        sqlx::query_scalar::<_, String>("SELECT user_id FROM orders WHERE item_id = $1")
-            .bind(item)
-            .fetch_all(pool)
-            .await?
-            .into_iter()
-            .collect();
-    let verdict = verdict::judge(
-        &logs,
-        &held,
-        &audit,
-        redis.as_ref().map(|r| (r, audit.stock_remaining, &buyers)),
-    );
-    for example in &verdict.examples {
-        tracing::warn!(path = path.as_str(), fault = fault.as_str(), "{example}");
-    }
-    Ok(verdict)
-}
-
-/// Breaks what `fault` breaks, keeps it broken for the plan's downtime, and mends it.
-#[allow(clippy::too_many_arguments)]
-async fn inject(
-    fault: FaultKind,
-    children: &mut Children,
-    services: &Services,
-    pool: &PgPool,
-    broker: &BrokerArgs,
-    path_args: &PathArgs,
-    plan: &Plan,
-    path: PathName,
-    app_name: &str,
-    http: &reqwest::Client,
-) -> anyhow::Result<()> {
-    // Counted from when the service is down (stopping one takes a while): see `down`.
-    let mut mended_by = Instant::now() + plan.downtime;
-    let mut down = || mended_by = Instant::now() + plan.downtime;
-    match fault {
-        FaultKind::KillDecider => {
-            let role = decider(path);
-            children.kill(role).await?;
-            down();
-            tokio::time::sleep_until(mended_by.into()).await;
-            children.restart(role, http).await?;
-        }
-        FaultKind::RedisRestart => {
-            let target = services.redis.clone();
-            let outage = tokio::task::spawn_blocking(move || Outage::stop_redis(&target)).await??;
-            down();
-            tokio::time::sleep_until(mended_by.into()).await;
-            let url = path_args.redis.redis_url.clone();
-            outage.restore(|| redis_answers(url.clone())).await?;
-        }
-        FaultKind::RabbitmqRestart => {
-            let outage = tokio::task::spawn_blocking(Outage::stop_rabbitmq).await??;
-            down();
-            tokio::time::sleep_until(mended_by.into()).await;
-            let url = broker.amqp_url.clone();
-            outage
-                .restore(|| {
-                    let url = url.clone();
-                    async move {
-                        crate::broker::connect(&url, "seckill-bench-faults-probe")
-                            .await
-                            .is_ok()
-                    }
-                })
-                .await?;
-        }
-        FaultKind::PgKillConnections => {
-            let mut killed = 0i64;
-            while Instant::now() < mended_by {
-                killed += sqlx::query_scalar::<_, i64>(
-                    "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                      WHERE application_name = $1) AS t",
-                )
-                .bind(app_name)
-                .fetch_one(pool)
-                .await?;
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            tracing::info!(killed, "terminated the sale's PostgreSQL connections");
-        }
-        FaultKind::PgRestart => {
-            let version = services
-                .postgres_version
-                .clone()
-                .ok_or_else(|| anyhow::anyhow!("no PostgreSQL cluster to restart"))?;
-            let outage =
-                tokio::task::spawn_blocking(move || Outage::stop_postgres(&version)).await??;
-            down();
-            tokio::time::sleep_until(mended_by.into()).await;
-            outage
-                .restore(|| async { sqlx::query("SELECT 1").execute(pool).await.is_ok() })
-                .await?;
-        }
-    }
-    Ok(())
 }
 
 async fn redis_answers(url: String) -> bool {
