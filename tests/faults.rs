@@ -876,7 +876,9 @@ fn bench_faults_finds_the_queue_path_clean_under_every_fault() {
     for cell in cells {
         assert_eq!(cell["path"], "queue");
         assert_eq!(cell["clean"], true, "{cell:#}");
-        assert_eq!(cell["verdict"]["requests"], 500, "{cell:#}");
+        // 500 planned; more if mending the fault outlasted them (the load goes on until then).
+        let requests = cell["verdict"]["requests"].as_u64().unwrap();
+        assert!(requests >= 500, "{cell:#}");
         assert_eq!(cell["verdict"]["lost_sales"], 0);
         assert_eq!(cell["verdict"]["decided_twice"], 0);
     }

@@ -147,7 +147,7 @@ pub struct BenchArgs {
     /// PostgreSQL on this machine (and refuses services it cannot restart, or that are not on
     /// loopback), and puts them back. For each path of `--paths` × fault of `--fault` it starts
     /// `seckill serve` and `seckill consume` as child processes, runs a sale at `--rate`
-    /// (default 200/s) for `--measure-secs`, injects the fault at a quarter of it for
+    /// (default 200/s) for `--measure-secs`, injects the fault at a fifth of it for
     /// `--fault-downtime-secs`, settles every request (clients retry 503s and resets with the
     /// same request_id and poll pending ones), and prints a matrix: each cell `clean`, or the
     /// sales lost, requests lost, ids decided twice, units oversold, Redis against PostgreSQL.

@@ -147,18 +147,20 @@ fn plan(args: &BenchArgs) -> anyhow::Result<Plan> {
     let rate = args.rate.unwrap_or(DEFAULT_RATE);
     let load = Duration::from_secs(args.measure_secs);
     let downtime = Duration::from_secs(args.fault_downtime_secs);
-    let fault_at = load.mul_f64(0.25);
+    let fault_at = load.mul_f64(0.2);
     anyhow::ensure!(
         fault_at + downtime < load,
         "--fault-downtime-secs {} does not fit in a load of --measure-secs {} (the fault starts \
-         at a quarter of it and must end before the load does)",
+         at a fifth of it and must end before the load does)",
         args.fault_downtime_secs,
         args.measure_secs
     );
     let requests = ((f64::from(rate) * load.as_secs_f64()) as usize).max(10);
-    let users = requests / 2;
-    // Sells out a little past the fault's start: the fault strikes while units are left.
-    let stock = (requests * 9 / 20).max(1) as i64;
+    // Nine in ten requests from a new buyer, the rest a buyer's second try; the stock sells out
+    // at three quarters of the load, so the fault (at a fifth) strikes while units are left,
+    // even when stopping its service takes seconds, and the sale still ends sold out.
+    let users = (requests * 9 / 10).max(1);
+    let stock = (requests * 3 / 4).max(1) as i64;
     Ok(Plan {
         paths,
         faults,
@@ -307,14 +309,24 @@ impl Rig {
         let base = children.base_url();
         let run_start = Instant::now();
         let load_end = run_start + plan.load;
-        let send_by = load_end + RETRY_BOUND;
-        let settle_by = load_end + SETTLE_BOUND;
 
+        // The load goes on until the fault is mended, however long stopping and starting its
+        // service took (a loaded machine's `rabbitmqctl stop_app` can outlast the planned load):
+        // a fault that strikes after the last request would test nothing.
+        let mended = std::sync::atomic::AtomicBool::new(false);
         let load = async {
             let mut buyers = Vec::with_capacity(plan.requests);
-            for i in 0..plan.requests {
+            for i in 0.. {
+                if i >= plan.requests && mended.load(std::sync::atomic::Ordering::Acquire) {
+                    break;
+                }
                 let due = run_start + Duration::from_secs_f64(i as f64 / f64::from(plan.rate));
                 tokio::time::sleep_until(due.into()).await;
+                // Bounded from the end of the load, or from its own send if it is later.
+                let (send_by, settle_by) = (
+                    due.max(load_end) + RETRY_BOUND,
+                    due.max(load_end) + SETTLE_BOUND,
+                );
                 let (http, base) = (self.http.clone(), base.clone());
                 let user = format!("f{}-{}", sale.tag, i % plan.users);
                 let path = sale.path.as_str();
@@ -333,7 +345,9 @@ impl Rig {
         };
         let inject = async {
             tokio::time::sleep_until((run_start + plan.fault_at).into()).await;
-            self.inject(sale, &mut children).await
+            let injected = self.inject(sale, &mut children).await;
+            mended.store(true, std::sync::atomic::Ordering::Release);
+            injected
         };
         let (logs, injected) = tokio::join!(load, inject);
         injected?;
