@@ -199,9 +199,14 @@ impl From<sqlx::Error> for PathError {
     }
 }
 
+/// What Redis answers when it is up but cannot serve now: loading its data after a restart, a
+/// script running past its time limit, a cluster or its master down, a key being moved.
+const REDIS_NOT_NOW: [&str; 5] = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"];
+
 impl From<redis::RedisError> for PathError {
     fn from(e: redis::RedisError) -> Self {
-        if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
+        let not_now = e.code().is_some_and(|code| REDIS_NOT_NOW.contains(&code));
+        if not_now || e.is_io_error() || e.is_timeout() || e.is_connection_dropped() {
             tracing::warn!(error = %e, "redis unavailable");
             PathError::Unavailable("redis is unavailable".into())
         } else {
@@ -614,6 +619,19 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_up_but_not_serving_now_is_unavailable_and_a_refusal_is_not() {
+        for code in ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN"] {
+            let e = redis::make_extension_error(code.into(), Some("not now".into()));
+            assert!(
+                matches!(PathError::from(e), PathError::Unavailable(_)),
+                "{code} is a 503"
+            );
+        }
+        let refused = redis::make_extension_error("WRONGTYPE".into(), None);
+        assert!(matches!(PathError::from(refused), PathError::Redis(_)));
+    }
 
     #[tokio::test]
     async fn every_name_but_queue_is_a_registered_path() {
