@@ -77,8 +77,8 @@ Purchase paths (POST /orders?path=NAME):
   redis-stream FRAGILE, hmdp's design: one Lua script decides in Redis and XADDs the decision to
                a stream; answered at once, written to PostgreSQL later by the stream writer
                (SECKILL_STREAM_*); what Redis loses before the writer commits is lost
-  redis-mq     FRAGILE, qiurunze123/miaosha's design: in-process sold-out flag, Redis DECR,
-               buyer set, then a RabbitMQ queue read by competing consumers (202 pending);
+  redis-mq     FRAGILE, qiurunze123/miaosha's design: in-process sold-out flag, buyer set,
+               Redis DECR, then a RabbitMQ queue read by competing consumers (202 pending);
                Redis and PostgreSQL can disagree after a crash or a refused write
 Every path but queue and redis-mq answers 200 with the decision. Redis keys:
 {prefix}:item:{id}:*.";

@@ -3,13 +3,13 @@
 //!
 //! At the API, for each request: record it in the accepted-request log (so `GET /orders/{id}`
 //! says `pending`, and a retry of the id is answered from the store, never decremented again);
-//! the item's in-process sold-out flag, if set, answers `sold_out` at once; `DECR` of the item's
-//! stock in Redis — below zero, the unit is put back (`INCR`), the flag set and `sold_out`
-//! answered; `SADD` of the user to the item's buyer set, which checks that the user has not
-//! bought and claims the purchase in one command; then a persistent message, confirmed by the
-//! broker, on `{prefix}.redis-mq`, and `202 pending`. A publish the broker refused gives the unit
-//! and the claim back and withdraws the accepted record (503). The [`consumers`] decide it
-//! later, in PostgreSQL, which has the last word.
+//! the item's in-process sold-out flag, if set, answers `sold_out` at once; `SADD` of the user
+//! to the item's buyer set, which checks that the user has not bought and claims the purchase
+//! in one command; `DECR` of the item's stock in Redis — below zero, the unit is put back
+//! (`INCR`) in the same script, the claim given back, the flag set and `sold_out` answered; then
+//! a persistent message, confirmed by the broker, on `{prefix}.redis-mq`, and `202 pending`. A
+//! publish the broker refused gives the unit and the claim back and withdraws the accepted
+//! record (503). The [`consumers`] decide it later, in PostgreSQL, which has the last word.
 //!
 //! Why it is fast: a sold-out item costs one in-memory look-up and a write of its outcome; a
 //! sale costs two Redis round trips and a publish, and the API never waits on the item's row.
@@ -23,19 +23,25 @@
 //! short; Redis without persistence restarts empty, and the per-process "loaded" mark does not
 //! notice — `seckill redis-load` puts the stock back.
 //!
-//! One deviation from miaosha, made so that repeat requests cannot drain the stock (the
-//! complaint of zaiyunduan123/springboot-seckill #35): the buyer check is `SADD`, not a read, so
-//! of two requests of one user in flight only the first keeps its unit. The second gives its unit
-//! back, is answered `already_purchased` if the user's order is committed, and is otherwise
-//! queued holding no unit: the consumers' unique (item, user) key decides it.
+//! Deviations from miaosha, each to keep a unit from going unsold:
+//! - Miaosha decrements, then reads "has this user an order?", and a repeat request keeps the
+//!   unit it took (zaiyunduan123/springboot-seckill #35). Here the check comes first and is
+//!   `SADD`, a check and a claim in one command: a repeat request takes no unit. It is answered
+//!   `already_purchased` if the user's order is committed, and is otherwise queued holding no
+//!   unit: the consumers' unique (item, user) key decides it. Checking after the `DECR` and
+//!   giving the unit back is not enough: while a repeat request holds a unit it will give back,
+//!   the requests that miss it set the flag, and every later one is told `sold_out` with the
+//!   unit in Redis (`tests/redis_mq.rs` found items of 2 units left one short in every run).
+//! - The `DECR` and the `INCR` that undoes it below zero run as one script ([`TAKE_UNIT`]), so
+//!   no request ever sees a count that another's miss pushed below zero: a miss means no unit.
 
 pub mod consumers;
 mod queue;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
-use redis::aio::ConnectionManager;
+use redis::Script;
 use sqlx::PgPool;
 
 use super::redis_store::RedisStore;
@@ -51,6 +57,21 @@ use queue::{QueueLink, Unpublished};
 /// shortcut: a forgotten one costs a `DECR`, a forgotten "loaded" mark a load that finds the
 /// item there).
 const GATES_MAX: usize = 100_000;
+
+/// `DECR` of the stock, undone (`INCR`) at once if it went below zero; returns what the `DECR`
+/// returned. One script, so that a miss is never seen by another request: every `DECR` below
+/// zero means no unit was in Redis at that moment.
+static TAKE_UNIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local left = redis.call('DECR', KEYS[1])
+        if left < 0 then
+            redis.call('INCR', KEYS[1])
+        end
+        return left
+        ",
+    )
+});
 
 /// What this process knows of one item.
 #[derive(Debug, Default, Clone, Copy)]
@@ -91,12 +112,13 @@ pub struct RedisMq {
     gates: Mutex<HashMap<ItemId, Gate>>,
 }
 
-/// How far a request got before it failed: what must be undone.
+/// What a request took from Redis: what must be undone if its publish fails.
 enum Took {
+    /// Nothing: a repeat buyer's request, queued for the consumers' unique key to decide.
     Nothing,
-    /// A unit of Redis stock.
-    Unit,
-    /// A unit, and the user's place in the buyer set.
+    /// The user's place in the buyer set, no unit yet.
+    Claim,
+    /// The claim and a unit of the stock.
     UnitAndClaim,
 }
 
@@ -125,7 +147,7 @@ impl RedisMq {
         change(gates.entry(item_id).or_default());
     }
 
-    /// After the request was recorded as new: the flag, the `DECR`, the claim, the publish.
+    /// After the request was recorded as new: the flag, the claim, the `DECR`, the publish.
     /// On an error, whatever it took from Redis has been given back, or (`Err(.., true)`) the
     /// broker may hold the request, and it stays recorded.
     async fn sell(&self, request: &OrderRequest) -> Result<Answer, (PathError, bool)> {
@@ -143,35 +165,28 @@ impl RedisMq {
         }
         let keys = self.redis.keys(item_id);
         let mut con = self.redis.connection();
-        let left: i64 = redis::cmd("DECR")
-            .arg(&keys.stock)
-            .query_async(&mut con)
-            .await
-            .map_err(|e| (e.into(), false))?;
-        if left < 0 {
-            self.put_back_missed_unit(&mut con, item_id, gate.given_back)
-                .await;
-            return self.sold_out(request).await.map_err(|e| (e, false));
-        }
-        let claimed: Result<i64, _> = redis::cmd("SADD")
+        let claimed: i64 = redis::cmd("SADD")
             .arg(&keys.buyers)
             .arg(&request.user_id)
             .query_async(&mut con)
-            .await;
-        let took = match claimed {
-            Ok(1) => Took::UnitAndClaim,
-            Ok(_) => {
-                // Bought before, or buying now: this request keeps no unit.
-                self.give_back(request, Took::Unit).await;
-                match record_repeat_buyer(&self.pool, self.name(), request).await {
-                    Ok(outcome) => return Ok(Answer::Decided(outcome)),
-                    Err(PathError::BuyerInFlight) => Took::Nothing,
-                    Err(e) => return Err((e, false)),
-                }
+            .await
+            .map_err(|e| (e.into(), false))?;
+        let took = if claimed == 1 {
+            let took_unit = self
+                .take_unit(request, gate)
+                .await
+                .map_err(|e| (e, false))?;
+            if !took_unit {
+                return self.sold_out(request).await.map_err(|e| (e, false));
             }
-            Err(e) => {
-                self.give_back(request, Took::Unit).await;
-                return Err((e.into(), false));
+            Took::UnitAndClaim
+        } else {
+            // Bought before, or buying now: answered from PostgreSQL if the order is
+            // committed, else queued holding no unit (the consumers' unique key decides it).
+            match record_repeat_buyer(&self.pool, self.name(), request).await {
+                Ok(outcome) => return Ok(Answer::Decided(outcome)),
+                Err(PathError::BuyerInFlight) => Took::Nothing,
+                Err(e) => return Err((e, false)),
             }
         };
         match self.queue.publish(request).await {
@@ -184,45 +199,60 @@ impl RedisMq {
         }
     }
 
-    /// Undoes a `DECR` that went below zero, and sets the flag unless a unit was given back
-    /// since `given_back_seen` was read (the stock this request missed may be there again).
-    async fn put_back_missed_unit(
-        &self,
-        con: &mut ConnectionManager,
-        item_id: ItemId,
-        given_back_seen: u64,
-    ) {
-        let keys = self.redis.keys(item_id);
-        let undone: Result<i64, _> = redis::cmd("INCR").arg(&keys.stock).query_async(con).await;
-        if let Err(e) = undone {
-            // Harmless: below zero is sold out either way, and a load puts the real count back.
-            tracing::warn!(error = %e, item_id, "redis-mq: could not undo a DECR below zero");
+    /// For a request holding the user's claim, a unit of the stock ([`TAKE_UNIT`]): true if it
+    /// got one. If none was left, the claim is given back and the flag set, unless a unit was
+    /// given back since `gate` was read (it is for sale again). On an error, the claim is given
+    /// back.
+    async fn take_unit(&self, request: &OrderRequest, gate: Gate) -> Result<bool, PathError> {
+        let keys = self.redis.keys(request.item_id);
+        let left: Result<i64, _> = TAKE_UNIT
+            .key(&keys.stock)
+            .invoke_async(&mut self.redis.connection())
+            .await;
+        match left {
+            Ok(left) if left >= 0 => Ok(true),
+            Ok(_) => {
+                self.give_back(request, Took::Claim).await;
+                self.update_gate(request.item_id, |g| g.missed_unit(gate.given_back));
+                Ok(false)
+            }
+            Err(e) => {
+                self.give_back(request, Took::Claim).await;
+                Err(e.into())
+            }
         }
-        self.update_gate(item_id, |g| g.missed_unit(given_back_seen));
     }
 
-    /// Gives back what a request took from Redis and clears this process's flag, so the unit is
-    /// sold again. If Redis cannot be reached, it stays one unit short until `seckill
-    /// redis-load` (an undersell, never an oversell).
+    /// Gives back what a request took from Redis; a unit given back clears this process's
+    /// flag, so it is sold again. If Redis cannot be reached, a unit stays missing until
+    /// `seckill redis-load` (an undersell, never an oversell), and a claim keeps the user's
+    /// later requests waiting until [`PurchasePath::repair_buyer`]'s check.
     async fn give_back(&self, request: &OrderRequest, took: Took) {
         let keys = self.redis.keys(request.item_id);
         let mut undo = redis::pipe();
-        match took {
+        let unit = match took {
             Took::Nothing => return,
-            Took::Unit => undo.incr(&keys.stock, 1).ignore(),
-            Took::UnitAndClaim => undo
-                .incr(&keys.stock, 1)
-                .ignore()
-                .srem(&keys.buyers, &request.user_id)
-                .ignore(),
+            Took::Claim => {
+                undo.srem(&keys.buyers, &request.user_id).ignore();
+                false
+            }
+            Took::UnitAndClaim => {
+                undo.incr(&keys.stock, 1)
+                    .ignore()
+                    .srem(&keys.buyers, &request.user_id)
+                    .ignore();
+                true
+            }
         };
         let mut con = self.redis.connection();
         if let Err(e) = undo.exec_async(&mut con).await {
-            tracing::error!(error = %e, item_id = request.item_id,
-                "redis-mq: could not give a unit back to Redis: it undersells this item until `seckill redis-load`");
+            tracing::error!(error = %e, item_id = request.item_id, unit,
+                "redis-mq: could not give back to Redis what a request took: a unit undersells this item until `seckill redis-load`");
             return;
         }
-        self.update_gate(request.item_id, Gate::gave_back);
+        if unit {
+            self.update_gate(request.item_id, Gate::gave_back);
+        }
     }
 
     async fn sold_out(&self, request: &OrderRequest) -> Result<Answer, PathError> {
