@@ -85,6 +85,21 @@ async fn pending(con: &mut MultiplexedConnection, stream: &str) -> i64 {
 }
 
 /// What the database holds for the item: its outcomes (request id → status, order id).
+/// The names of the writers' group's consumers.
+async fn group_consumers(con: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
+    let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
+        .arg("CONSUMERS")
+        .arg(stream)
+        .arg(GROUP)
+        .query_async(con)
+        .await
+        .expect("XINFO CONSUMERS");
+    consumers
+        .iter()
+        .map(|c| redis::from_redis_value_ref(&c["name"]).expect("a consumer's name"))
+        .collect()
+}
+
 async fn stored(env: &TestEnv, item: i64) -> HashMap<Uuid, Told> {
     let rows: Vec<(Uuid, String, Option<Uuid>, String)> = sqlx::query_as(
         "SELECT request_id, status, order_id, path FROM outcomes WHERE item_id = $1",
@@ -305,6 +320,24 @@ async fn a_writer_killed_between_commit_and_ack_is_taken_over_without_writing_tw
     assert_eq!(
         assert_written_as_told(&env, item, STOCK, &told).await,
         STOCK
+    );
+    // The dead writer, with nothing pending any more, is taken out of the group.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let writers = group_consumers(&mut con, &stream).await;
+        if writers.len() == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dead writer stays in the group: {writers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        taking_over.log_text().contains("writers that are gone"),
+        "{}",
+        taking_over.log_text()
     );
 
     taking_over.signal(nix::sys::signal::Signal::SIGTERM);

@@ -19,6 +19,11 @@
 //! - An entry that cannot be read, or that the database refuses on its own (not for being
 //!   down), is copied to `{stream}:dead` with the reason, logged and acknowledged: it is never
 //!   retried forever. A batch the database refuses is retried entry by entry to find it.
+//! - At the end of each sweep, writers that have nothing pending and have not read for a long
+//!   while (dead ones: every start takes a new name) are taken out of the group, so that the
+//!   group does not grow by one consumer per restart. One script checks and deletes, since
+//!   `XGROUP DELCONSUMER` drops the entries a consumer holds: a writer that read in between
+//!   would lose them.
 //! - A stream or group that vanished (Redis restarted without persistence, or the key was
 //!   deleted) is recreated from id 0, so the entries the API added since are read too, and the
 //!   writer carries on. What the lost stream held is lost: that is the design's fragility.
@@ -27,8 +32,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::sync::LazyLock;
+
 use redis::aio::ConnectionManager;
-use redis::{RedisError, Value};
+use redis::{RedisError, Script, Value};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +56,33 @@ const REFUSAL_WAIT_MIN: Duration = Duration::from_secs(60);
 /// Tries of a batch that met a request id decided meanwhile by another path (each try after
 /// the first skips what it met, so a second one almost always succeeds).
 const RACED_TRIES_MAX: u32 = 8;
+
+/// A consumer of the group that is idle this many times the writers' block time (and at least
+/// the claim time) with nothing pending is gone: a live writer reads every block time.
+const GONE_AFTER_BLOCKS: u64 = 10;
+
+/// Deletes the group's consumers other than `ARGV[2]` with nothing pending and idle longer than
+/// `ARGV[3]` ms; returns how many. In one script, so that none reads between the check and the
+/// delete (`DELCONSUMER` would drop what it read).
+static FORGET_GONE_WRITERS: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+        local forgotten = 0
+        for _, consumer in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+            local field = {}
+            for i = 1, #consumer, 2 do
+                field[consumer[i]] = consumer[i + 1]
+            end
+            if field['name'] ~= ARGV[2] and field['pending'] == 0
+                and field['idle'] > tonumber(ARGV[3]) then
+                redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], field['name'])
+                forgotten = forgotten + 1
+            end
+        end
+        return forgotten
+        ",
+    )
+});
 
 /// The writer of one process.
 pub struct StreamWriter {
@@ -219,6 +253,7 @@ impl StreamWriter {
         };
         if next == "0-0" {
             claims.swept_at = Some(Instant::now());
+            self.forget_gone_writers(con).await;
         }
         claims.cursor = next;
         let entries = parse_entries(&entries).map_err(malformed)?;
@@ -229,6 +264,33 @@ impl StreamWriter {
             );
         }
         Ok(entries)
+    }
+
+    /// Takes the writers that are gone out of the group (best effort: they only take room).
+    async fn forget_gone_writers(&self, con: &mut ConnectionManager) {
+        let gone_after = self
+            .args
+            .stream_claim_idle_ms
+            .max(GONE_AFTER_BLOCKS * self.args.stream_block_ms);
+        let forgotten: Result<u64, RedisError> = FORGET_GONE_WRITERS
+            .key(&self.stream)
+            .arg(GROUP)
+            .arg(&self.consumer)
+            .arg(gone_after)
+            .invoke_async(con)
+            .await;
+        match forgotten {
+            Ok(0) => {}
+            Ok(count) => {
+                tracing::info!(
+                    count,
+                    "redis-stream writer: took writers that are gone out of the group"
+                )
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "redis-stream writer: could not list the group's writers")
+            }
+        }
     }
 
     /// `XGROUP CREATE … 0 MKSTREAM`: from id 0, not `$`, because after Redis restarted empty the
