@@ -501,3 +501,66 @@ async fn units_given_back_by_repeat_buyers_at_the_edge_of_the_stock_are_all_sold
     api.shutdown.cancel();
     env.cleanup().await;
 }
+
+/// An API process that dies between recording a request and publishing it (or a broker that
+/// went down before confirming the message) leaves the request accepted and on no queue: its
+/// buyer polls `pending` with nothing to decide it. The buyer's retry of the request id, as the
+/// README tells them, publishes it again: it is decided once, and Redis and PostgreSQL agree.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_recorded_but_never_queued_is_decided_when_its_buyer_retries() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(5).await;
+    let request = seckill::domain::OrderRequest {
+        request_id: Uuid::new_v4(),
+        item_id: item,
+        user_id: "alice".into(),
+        quantity: 1,
+    };
+    // What the dead process did: recorded the request, claimed the buyer, took a unit.
+    let redis = RedisStore::new(&env.path_args().redis).unwrap();
+    redis.load_item(&env.pool, item, true).await.unwrap();
+    let keys = redis.keys(item);
+    let mut con = redis.connection();
+    let _: () = redis::pipe()
+        .sadd(&keys.buyers, "alice")
+        .ignore()
+        .decr(&keys.stock, 1)
+        .ignore()
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    store::record_accepted(&env.pool, std::slice::from_ref(&request))
+        .await
+        .unwrap();
+    let id = request.request_id;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, answer) = api.get(&format!("/orders/{id}")).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("pending")),
+        "nothing decides it: {answer}"
+    );
+
+    let (status, answer) = api.post(ORDERS, body(id, item, "alice")).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (202, Some("pending")),
+        "{answer}"
+    );
+    let decided = settle(&api, &HashSet::from([id])).await;
+    assert_eq!(decided[&id]["status"], "purchased", "{}", decided[&id]);
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!(
+        (report.orders, report.outcomes, report.stock_remaining),
+        (1, 1, 4)
+    );
+    let stock: i64 = redis::cmd("GET")
+        .arg(&keys.stock)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(stock, 4, "Redis agrees with PostgreSQL");
+    api.shutdown.cancel();
+    env.cleanup().await;
+}

@@ -18,8 +18,9 @@
 //!
 //! Where it is fragile (see `docs/ARCHITECTURE.md`): the flag is per process and never expires
 //! (a unit given back after another process set its flag is not sold there); a process that
-//! dies between `DECR` and the publish loses the unit (Redis undersells) and leaves the request
-//! `pending` for good (the audit reports it); a grant the database refuses leaves Redis one unit
+//! dies between `DECR` and the publish leaves the request on no queue, `pending` with its unit
+//! taken until the buyer retries the id (a retry publishes an undecided request again), and
+//! for good if the buyer never does (the audit reports it); a grant the database refuses leaves Redis one unit
 //! short; Redis without persistence restarts empty, and the per-process "loaded" mark does not
 //! notice — `seckill redis-load` puts the stock back.
 //!
@@ -261,15 +262,25 @@ impl RedisMq {
         Ok(Answer::Decided(outcome))
     }
 
-    /// A request recorded before (a retry): its stored decision, or still `pending`.
+    /// A request recorded before (a retry): its stored decision, or, still undecided, published
+    /// again and `pending`. Its first message may be in the queue, but it may also be gone: with
+    /// a broker that went down before confirming it (the `503` that says it may still be
+    /// decided), or with an API process that died between recording it and publishing. The
+    /// consumers decide a request id once, so a second copy costs an ack; a lost one would
+    /// leave the buyer polling `pending` for good.
     async fn answer_retry(&self, request: &OrderRequest) -> Result<Answer, PathError> {
         let id = request.request_id;
-        Ok(
-            match store::stored_outcomes(&self.pool, &[id]).await?.remove(&id) {
-                Some(outcome) => Answer::Decided(outcome),
-                None => Answer::Pending,
-            },
-        )
+        if let Some(outcome) = store::stored_outcomes(&self.pool, &[id]).await?.remove(&id) {
+            return Ok(Answer::Decided(outcome));
+        }
+        match self.queue.publish(request).await {
+            Ok(()) => Ok(Answer::Pending),
+            // Recorded either way: the first message may be queued, and the next retry
+            // publishes again.
+            Err(Unpublished::MaybeHeld(detail) | Unpublished::NotHeld(detail)) => {
+                Err(PathError::Unavailable(detail))
+            }
+        }
     }
 }
 
