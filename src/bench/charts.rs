@@ -124,26 +124,29 @@ impl Scale {
     }
 }
 
-/// The smallest 1, 2 or 5 × 10ⁿ at or above `v`.
+/// The smallest 1, 2, 2.5 or 5 × 10ⁿ at or above `v` (2.5, so that a run of 21 s is not drawn
+/// on an axis of 50).
 fn nice_ceiling(v: f64) -> f64 {
     if v <= 0.0 {
         return 1.0;
     }
     let decade = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
+    [1.0, 2.0, 2.5, 5.0, 10.0]
         .into_iter()
         .map(|m| m * decade)
         .find(|c| *c >= v)
         .unwrap_or(10.0 * decade)
 }
 
+/// A grid line's value, as short as it is exact: `2.5k`, `30`, `1.5`, `0.05`.
 fn tick_label(v: f64) -> String {
+    // Rounded to what the ticks can hold (fifths of 1, 2, 2.5 or 5 × 10ⁿ), which also drops
+    // the float noise of `i * hi / 5`.
+    let short = |v: f64| format!("{}", (v * 1e6).round() / 1e6);
     if v >= 1000.0 {
-        format!("{}k", v / 1000.0)
-    } else if v >= 1.0 || v == 0.0 {
-        format!("{v:.0}")
+        format!("{}k", short(v / 1000.0))
     } else {
-        format!("{v}")
+        short(v)
     }
 }
 
@@ -388,6 +391,12 @@ mod tests {
     fn scales_round_out_and_every_path_has_a_colour_of_its_own() {
         assert_eq!(nice_ceiling(730.0), 1000.0);
         assert_eq!(nice_ceiling(130.0), 200.0);
+        assert_eq!(nice_ceiling(21.0), 25.0);
+        let labels: Vec<String> = [0.0, 0.5, 1.5, 2.5, 30.0, 2500.0, 0.05]
+            .into_iter()
+            .map(tick_label)
+            .collect();
+        assert_eq!(labels, ["0", "0.5", "1.5", "2.5", "30", "2.5k", "0.05"]);
         let log = Scale::of([3.0, 420.0].into_iter(), true);
         assert_eq!((log.lo, log.hi), (0.0, 3.0));
         assert!((log.fraction(10.0) - 1.0 / 3.0).abs() < 1e-9);
