@@ -7,6 +7,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::AppState;
@@ -95,14 +96,15 @@ pub async fn create(
     let request = checked_request(&state, new, lock_path).await?;
     tracing::Span::current().record("request_id", tracing::field::display(request.request_id));
     if let Some(path) = lock_path {
-        return match state.paths.answer(path, &request).await? {
+        let request_id = request.request_id;
+        return match answer_to_the_end(&state, path.name(), request).await? {
             Answer::Decided(outcome) => {
                 tracing::debug!(status = %outcome.status.as_str(), "decided by a rival path");
                 Ok(decided(outcome))
             }
             Answer::Pending => {
                 tracing::debug!("accepted by a rival path, to be decided later");
-                Ok(pending(request.request_id))
+                Ok(pending(request_id))
             }
         };
     }
@@ -118,6 +120,30 @@ pub async fn create(
 
 /// The lock path `?path=` names, or `None` for the queue path (the default); recorded in the
 /// request's span. Every name a client may send is resolved here.
+/// A rival path's answer, worked out in a task of its own: a client that hangs up (or times
+/// out) drops the handler, and with it a path cut off between two of its steps — `redis-mq`
+/// between taking a unit in Redis and queueing the request, with the unit taken and the
+/// request pending. In a task the steps run to their end, and a retry of the request id finds
+/// their result.
+async fn answer_to_the_end(
+    state: &AppState,
+    name: PathName,
+    request: OrderRequest,
+) -> Result<Answer, ApiError> {
+    let paths = std::sync::Arc::clone(&state.paths);
+    let answering = async move {
+        let path = paths
+            .get(name)
+            .expect("the path was chosen from this registry");
+        paths.answer(path, &request).await
+    };
+    // In the request's span, so that what the path logs still carries its request id.
+    let answered = tokio::spawn(answering.instrument(tracing::Span::current()))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("a {name} request's task failed: {e}")))?;
+    Ok(answered?)
+}
+
 fn chosen_path<'s>(
     state: &'s AppState,
     name: Option<&str>,
