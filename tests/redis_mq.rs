@@ -474,7 +474,7 @@ async fn units_given_back_by_repeat_buyers_at_the_edge_of_the_stock_are_all_sold
             bodies.push(body(id, item, &user));
         }
     }
-    let answers = send_all(&api, &bodies, 400).await;
+    let answers = send_all(&api, &bodies, 300).await;
     let decided = settle(&api, &user_of.keys().copied().collect()).await;
     assert_answers_agree(&answers, &decided);
     buyers(&decided, &user_of);
@@ -561,6 +561,74 @@ async fn a_request_recorded_but_never_queued_is_decided_when_its_buyer_retries()
         .await
         .unwrap();
     assert_eq!(stock, 4, "Redis agrees with PostgreSQL");
+    api.shutdown.cancel();
+    env.cleanup().await;
+}
+
+/// A buyer who holds an order but is missing from Redis's buyer set (a request of theirs that
+/// missed the stock gave its claim back while another of theirs was bought) takes a unit with
+/// their next request, which the unique key refuses. The consumers put them back in the set
+/// then, so every request after is answered `already_purchased` at once, taking no unit:
+/// one unit lost to Redis, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_missing_from_the_redis_set_is_put_back_by_the_refusal_of_their_next_request() {
+    let env = TestEnv::new().await;
+    let api = env.start_api(None).await;
+    let item = api.create_item(5).await;
+    let first = Uuid::new_v4();
+    send_all(&api, &[body(first, item, "alice")], 1).await;
+    let decided = settle(&api, &HashSet::from([first])).await;
+    assert_eq!(
+        decided[&first]["status"], "purchased",
+        "{}",
+        decided[&first]
+    );
+
+    let redis = RedisStore::new(&env.path_args().redis).unwrap();
+    let keys = redis.keys(item);
+    let mut con = redis.connection();
+    let stock = |mut con: redis::aio::ConnectionManager, key: String| async move {
+        redis::cmd("GET")
+            .arg(key)
+            .query_async::<i64>(&mut con)
+            .await
+            .unwrap()
+    };
+    let _: () = redis::cmd("SREM")
+        .arg(&keys.buyers)
+        .arg("alice")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+
+    let second = Uuid::new_v4();
+    let answers = send_all(&api, &[body(second, item, "alice")], 1).await;
+    assert_eq!(answers[0].1, 202, "not in the set: queued with a unit");
+    let decided = settle(&api, &HashSet::from([second])).await;
+    assert_eq!(decided[&second]["status"], "already_purchased");
+    let member: bool = redis::cmd("SISMEMBER")
+        .arg(&keys.buyers)
+        .arg("alice")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert!(member, "the refusal put the buyer back in the set");
+    let left = stock(con.clone(), keys.stock.clone()).await;
+    assert_eq!(left, 3, "the refused request's unit is lost to Redis");
+
+    let (status, answer) = api.post(ORDERS, body(Uuid::new_v4(), item, "alice")).await;
+    assert_eq!(
+        (status, answer["status"].as_str()),
+        (200, Some("already_purchased")),
+        "{answer}"
+    );
+    assert_eq!(
+        stock(con.clone(), keys.stock.clone()).await,
+        3,
+        "and it took no unit"
+    );
+    let report = env.assert_audit_clean(item).await;
+    assert_eq!((report.orders, report.stock_remaining), (1, 4));
     api.shutdown.cancel();
     env.cleanup().await;
 }

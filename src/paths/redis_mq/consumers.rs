@@ -285,15 +285,18 @@ impl Consumers {
         None
     }
 
-    /// The buyer joins the Redis set (for a purchase) or leaves it (a grant the database
-    /// refused as sold out, when the user holds no order): best effort, as the database already
-    /// decided. Redelivered, a purchase is added again, so a consumer killed between its commit
-    /// and this step loses nothing.
+    /// The buyer joins the Redis set (for a purchase, or an `already_purchased`: the user holds
+    /// an order either way) or leaves it (a grant the database refused as sold out, when the
+    /// user holds no order): best effort, as the database already decided. Redelivered, a
+    /// purchase is added again, so a consumer killed between its commit and this step loses
+    /// nothing. Adding the holder of an order again also mends a set that lost them (a
+    /// request of theirs that missed the stock gave its claim back while another of theirs was
+    /// bought): without it each later request of theirs would take a unit and be refused.
     async fn after_commit(&self, request: &OrderRequest, outcome: Outcome) {
         let buyers = self.redis.keys(request.item_id).buyers;
         let mut con = self.redis.connection();
         let written: Result<(), redis::RedisError> = match outcome.status {
-            Status::Purchased => {
+            Status::Purchased | Status::AlreadyPurchased => {
                 redis::cmd("SADD")
                     .arg(&buyers)
                     .arg(&request.user_id)

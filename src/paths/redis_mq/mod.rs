@@ -226,8 +226,8 @@ impl RedisMq {
 
     /// Gives back what a request took from Redis; a unit given back clears this process's
     /// flag, so it is sold again. If Redis cannot be reached, a unit stays missing until
-    /// `seckill redis-load` (an undersell, never an oversell), and a claim keeps the user's
-    /// later requests waiting until [`PurchasePath::repair_buyer`]'s check.
+    /// `seckill redis-load` (an undersell, never an oversell), and a claim stays: the user's
+    /// later requests are queued holding no unit, and the consumers' unique key decides them.
     async fn give_back(&self, request: &OrderRequest, took: Took) {
         let keys = self.redis.keys(request.item_id);
         let mut undo = redis::pipe();
@@ -266,8 +266,8 @@ impl RedisMq {
     /// again and `pending`. Its first message may be in the queue, but it may also be gone: with
     /// a broker that went down before confirming it (the `503` that says it may still be
     /// decided), or with an API process that died between recording it and publishing. The
-    /// consumers decide a request id once, so a second copy costs an ack; a lost one would
-    /// leave the buyer polling `pending` for good.
+    /// consumers decide a request id once, so a second copy costs a read and an ack; a lost one
+    /// would leave the buyer polling `pending` for good. The queue path's API does the same.
     async fn answer_retry(&self, request: &OrderRequest) -> Result<Answer, PathError> {
         let id = request.request_id;
         if let Some(outcome) = store::stored_outcomes(&self.pool, &[id]).await?.remove(&id) {
