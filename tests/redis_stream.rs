@@ -84,7 +84,6 @@ async fn pending(con: &mut MultiplexedConnection, stream: &str) -> i64 {
     }
 }
 
-/// What the database holds for the item: its outcomes (request id → status, order id).
 /// The names of the writers' group's consumers.
 async fn group_consumers(con: &mut MultiplexedConnection, stream: &str) -> Vec<String> {
     let consumers: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
@@ -100,6 +99,7 @@ async fn group_consumers(con: &mut MultiplexedConnection, stream: &str) -> Vec<S
         .collect()
 }
 
+/// What the database holds for the item: its outcomes (request id → status, order id).
 async fn stored(env: &TestEnv, item: i64) -> HashMap<Uuid, Told> {
     let rows: Vec<(Uuid, String, Option<Uuid>, String)> = sqlx::query_as(
         "SELECT request_id, status, order_id, path FROM outcomes WHERE item_id = $1",
@@ -325,7 +325,13 @@ async fn a_writer_killed_between_commit_and_ack_is_taken_over_without_writing_tw
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let writers = group_consumers(&mut con, &stream).await;
+        // Writers are named `writer-{pid}-{tag}`: the one left must be the one alive.
         if writers.len() == 1 {
+            let alive = format!("writer-{}-", taking_over.pid());
+            assert!(
+                writers[0].starts_with(&alive),
+                "{writers:?}, alive: {alive}"
+            );
             break;
         }
         assert!(
