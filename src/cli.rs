@@ -243,11 +243,10 @@ impl Command {
                 bench,
                 database,
                 broker,
-                consumer,
+                // The fault run's consumers are child processes, configured by the environment.
+                consumer: _,
                 paths,
             } if bench.faults => {
-                // The fault run's consumers are child processes, configured by the environment.
-                let _ = consumer;
                 let results = crate::bench::faults::run(database, broker, paths, *bench).await?;
                 Ok(results.queue_clean().into())
             }

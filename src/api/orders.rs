@@ -118,8 +118,6 @@ pub async fn create(
     publish_and_wait(&state, request, wait).await
 }
 
-/// The lock path `?path=` names, or `None` for the queue path (the default); recorded in the
-/// request's span. Every name a client may send is resolved here.
 /// A rival path's answer, worked out in a task of its own: a client that hangs up (or times
 /// out) drops the handler, and with it a path cut off between two of its steps — `redis-mq`
 /// between taking a unit in Redis and queueing the request, with the unit taken and the
@@ -144,6 +142,8 @@ async fn answer_to_the_end(
     Ok(answered?)
 }
 
+/// The lock path `?path=` names, or `None` for the queue path (the default); recorded in the
+/// request's span. Every name a client may send is resolved here.
 fn chosen_path<'s>(
     state: &'s AppState,
     name: Option<&str>,

@@ -20,8 +20,8 @@
 //! (a unit given back after another process set its flag is not sold there); a process that
 //! dies between `DECR` and the publish leaves the request on no queue, `pending` with its unit
 //! taken until the buyer retries the id (a retry publishes an undecided request again), and
-//! for good if the buyer never does (the audit reports it); a grant the database refuses leaves Redis one unit
-//! short; Redis without persistence restarts empty, and the per-process "loaded" mark does not
+//! for good if the buyer never does (the audit reports it); a grant the database refuses
+//! leaves Redis one unit short; Redis without persistence restarts empty, and the per-process "loaded" mark does not
 //! notice — `seckill redis-load` puts the stock back.
 //!
 //! Deviations from miaosha, each to keep a unit from going unsold:
@@ -43,9 +43,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 
 use redis::Script;
+use redis::aio::ConnectionManager;
 use sqlx::PgPool;
 
-use super::redis_store::RedisStore;
+use super::redis_store::{ItemKeys, RedisStore};
 use super::{Answer, PathError, PurchasePath, record_outcome, record_repeat_buyer};
 use crate::api::accepted::{AcceptedLog, Recorded};
 use crate::config::BrokerArgs;
@@ -81,9 +82,10 @@ struct Gate {
     loaded: bool,
     /// A `DECR` went below zero: answer `sold_out` without asking Redis.
     sold_out: bool,
-    /// Units this process gave back to Redis. A request whose `DECR` went below zero sets the
-    /// flag only if none was given back since it read this: the unit it missed may have been
-    /// held for a moment by a request that then gave it back, and is for sale again.
+    /// Units this process gave back to Redis (a publish the broker refused). A request whose
+    /// `DECR` went below zero sets the flag only if none was given back since it read this: the
+    /// unit it missed may have been held by a request whose publish then failed, and is for
+    /// sale again.
     given_back: u64,
 }
 
@@ -174,7 +176,7 @@ impl RedisMq {
             .map_err(|e| (e.into(), false))?;
         let took = if claimed == 1 {
             let took_unit = self
-                .take_unit(request, gate)
+                .take_unit(&mut con, &keys, request, gate.given_back)
                 .await
                 .map_err(|e| (e, false))?;
             if !took_unit {
@@ -202,19 +204,21 @@ impl RedisMq {
 
     /// For a request holding the user's claim, a unit of the stock ([`TAKE_UNIT`]): true if it
     /// got one. If none was left, the claim is given back and the flag set, unless a unit was
-    /// given back since `gate` was read (it is for sale again). On an error, the claim is given
-    /// back.
-    async fn take_unit(&self, request: &OrderRequest, gate: Gate) -> Result<bool, PathError> {
-        let keys = self.redis.keys(request.item_id);
-        let left: Result<i64, _> = TAKE_UNIT
-            .key(&keys.stock)
-            .invoke_async(&mut self.redis.connection())
-            .await;
+    /// given back since `given_back_seen` was read (it is for sale again). On an error, the
+    /// claim is given back.
+    async fn take_unit(
+        &self,
+        con: &mut ConnectionManager,
+        keys: &ItemKeys,
+        request: &OrderRequest,
+        given_back_seen: u64,
+    ) -> Result<bool, PathError> {
+        let left: Result<i64, _> = TAKE_UNIT.key(&keys.stock).invoke_async(con).await;
         match left {
             Ok(left) if left >= 0 => Ok(true),
             Ok(_) => {
                 self.give_back(request, Took::Claim).await;
-                self.update_gate(request.item_id, |g| g.missed_unit(gate.given_back));
+                self.update_gate(request.item_id, |g| g.missed_unit(given_back_seen));
                 Ok(false)
             }
             Err(e) => {
