@@ -106,6 +106,25 @@ fn assert_answers_agree(answers: &[(Uuid, u16, Value)], decided: &HashMap<Uuid, 
     }
 }
 
+/// The item's stock as Redis holds it (`None`: no key).
+async fn redis_stock(redis: &RedisStore, item: i64) -> Option<i64> {
+    redis::cmd("GET")
+        .arg(redis.keys(item).stock)
+        .query_async(&mut redis.connection())
+        .await
+        .unwrap()
+}
+
+/// Whether Redis lists `user` among the item's buyers.
+async fn redis_lists_buyer(redis: &RedisStore, item: i64, user: &str) -> bool {
+    redis::cmd("SISMEMBER")
+        .arg(redis.keys(item).buyers)
+        .arg(user)
+        .query_async(&mut redis.connection())
+        .await
+        .unwrap()
+}
+
 async fn purchases(env: &TestEnv, item: i64) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outcomes WHERE item_id = $1 AND status = 'purchased'")
         .bind(item)
@@ -393,22 +412,12 @@ async fn redis_down_or_rabbitmq_unreachable_answers_503_with_retry_after() {
             "withdrawn: {state:?}"
         );
     }
-    let mut con = redis.connection();
-    let keys = redis.keys(item);
-    let stock: i64 = redis::cmd("GET")
-        .arg(&keys.stock)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    let listed: bool = redis::cmd("SISMEMBER")
-        .arg(&keys.buyers)
-        .arg("bo")
-        .query_async(&mut con)
-        .await
-        .unwrap();
     assert_eq!(
-        (stock, listed),
-        (5, false),
+        (
+            redis_stock(&redis, item).await,
+            redis_lists_buyer(&redis, item, "bo").await
+        ),
+        (Some(5), false),
         "the unit and the claim were given back"
     );
     let report = env.assert_audit_clean(item).await;
@@ -483,12 +492,7 @@ async fn units_given_back_by_repeat_buyers_at_the_edge_of_the_stock_are_all_sold
     for &item in &items {
         let sold = order_count(&env, item).await;
         if sold != STOCK {
-            let stock: Option<i64> = redis::cmd("GET")
-                .arg(redis.keys(item).stock)
-                .query_async(&mut redis.connection())
-                .await
-                .unwrap();
-            short.push((item, sold, stock));
+            short.push((item, sold, redis_stock(&redis, item).await));
         }
     }
     assert!(
@@ -555,12 +559,11 @@ async fn a_request_recorded_but_never_queued_is_decided_when_its_buyer_retries()
         (report.orders, report.outcomes, report.stock_remaining),
         (1, 1, 4)
     );
-    let stock: i64 = redis::cmd("GET")
-        .arg(&keys.stock)
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert_eq!(stock, 4, "Redis agrees with PostgreSQL");
+    assert_eq!(
+        redis_stock(&redis, item).await,
+        Some(4),
+        "Redis agrees with PostgreSQL"
+    );
     api.shutdown.cancel();
     env.cleanup().await;
 }
@@ -587,13 +590,6 @@ async fn a_buyer_missing_from_the_redis_set_is_put_back_by_the_refusal_of_their_
     let redis = RedisStore::new(&env.path_args().redis).unwrap();
     let keys = redis.keys(item);
     let mut con = redis.connection();
-    let stock = |mut con: redis::aio::ConnectionManager, key: String| async move {
-        redis::cmd("GET")
-            .arg(key)
-            .query_async::<i64>(&mut con)
-            .await
-            .unwrap()
-    };
     let _: () = redis::cmd("SREM")
         .arg(&keys.buyers)
         .arg("alice")
@@ -606,15 +602,15 @@ async fn a_buyer_missing_from_the_redis_set_is_put_back_by_the_refusal_of_their_
     assert_eq!(answers[0].1, 202, "not in the set: queued with a unit");
     let decided = settle(&api, &HashSet::from([second])).await;
     assert_eq!(decided[&second]["status"], "already_purchased");
-    let member: bool = redis::cmd("SISMEMBER")
-        .arg(&keys.buyers)
-        .arg("alice")
-        .query_async(&mut con)
-        .await
-        .unwrap();
-    assert!(member, "the refusal put the buyer back in the set");
-    let left = stock(con.clone(), keys.stock.clone()).await;
-    assert_eq!(left, 3, "the refused request's unit is lost to Redis");
+    assert!(
+        redis_lists_buyer(&redis, item, "alice").await,
+        "the refusal put the buyer back in the set"
+    );
+    assert_eq!(
+        redis_stock(&redis, item).await,
+        Some(3),
+        "the refused request's unit is lost to Redis"
+    );
 
     let (status, answer) = api.post(ORDERS, body(Uuid::new_v4(), item, "alice")).await;
     assert_eq!(
@@ -623,8 +619,8 @@ async fn a_buyer_missing_from_the_redis_set_is_put_back_by_the_refusal_of_their_
         "{answer}"
     );
     assert_eq!(
-        stock(con.clone(), keys.stock.clone()).await,
-        3,
+        redis_stock(&redis, item).await,
+        Some(3),
         "and it took no unit"
     );
     let report = env.assert_audit_clean(item).await;
